@@ -1,0 +1,144 @@
+//! Turns the final stage into an image and writes it where it was asked to
+//! go: registries (blobs first, manifest last), an OCI layout, and the
+//! digest file.
+
+use super::BuildError;
+use super::stage::{Layer, Stage, StageCtx};
+use crate::digest::Digest;
+use crate::image::layout::write_oci_layout;
+use crate::image::manifest::{self, Descriptor, Manifest};
+use crate::registry::{PushImage, Reference, RegistryError};
+
+/// What a finished build produced.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// The manifest digest, as pushed and written to `--digest-file`.
+    pub digest: Digest,
+}
+
+/// The manifest and media types for a set of layers: Docker schema 2, as
+/// kaniko writes, unless a layer's compression has no Docker media type.
+fn layer_media_types(layers: &[Layer]) -> (bool, Vec<String>) {
+    let docker = layers.iter().all(|l| is_gzip(&l.desc.media_type));
+    let types = layers
+        .iter()
+        .map(|l| match (docker, l.desc.media_type.as_str()) {
+            (true, _) => manifest::DOCKER_LAYER_GZIP.to_owned(),
+            (false, manifest::DOCKER_LAYER_GZIP) => manifest::OCI_LAYER_GZIP.to_owned(),
+            (false, other) => other.to_owned(),
+        })
+        .collect();
+    (docker, types)
+}
+
+fn is_gzip(media_type: &str) -> bool {
+    media_type == manifest::DOCKER_LAYER_GZIP || media_type == manifest::OCI_LAYER_GZIP
+}
+
+/// Writes the image of `stage` to every output in the options.
+pub fn write(sctx: &StageCtx<'_>, stage: &Stage) -> Result<Outcome, BuildError> {
+    let opts = sctx.opts;
+    let store = sctx.store;
+    let config_bytes = stage.config.to_canonical_json();
+    let config_digest = store.put_bytes(&config_bytes)?;
+    let (docker, media_types) = layer_media_types(&stage.layers);
+    let layers: Vec<Descriptor> = stage
+        .layers
+        .iter()
+        .zip(media_types)
+        .map(|(l, media_type)| Descriptor {
+            media_type,
+            ..l.desc.clone()
+        })
+        .collect();
+    let config_desc = Descriptor {
+        media_type: if docker {
+            manifest::DOCKER_CONFIG
+        } else {
+            manifest::OCI_CONFIG
+        }
+        .to_owned(),
+        digest: config_digest,
+        size: config_bytes.len() as u64,
+        urls: None,
+        annotations: None,
+        platform: None,
+    };
+    let manifest_media_type = if docker {
+        manifest::DOCKER_MANIFEST
+    } else {
+        manifest::OCI_MANIFEST
+    };
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(manifest_media_type.to_owned()),
+        config: config_desc.clone(),
+        layers: layers.clone(),
+        annotations: None,
+    };
+    let manifest_bytes = manifest.to_canonical_json();
+    let digest = Digest::of(&manifest_bytes);
+
+    let mut blobs: Vec<&Descriptor> = layers.iter().collect();
+    blobs.push(&config_desc);
+    let fetch = |d: &Digest| -> Result<(), RegistryError> {
+        match stage
+            .layers
+            .iter()
+            .find(|l| &l.desc.digest == d)
+            .and_then(|l| l.source.as_ref())
+        {
+            Some(src) => sctx.registry.fetch_blob(src, d, store),
+            None => Ok(()),
+        }
+    };
+
+    if let Some(dir) = &opts.oci_layout_path {
+        for d in &blobs {
+            if !store.has_blob(&d.digest) {
+                fetch(&d.digest)?;
+            }
+        }
+        let ref_name = opts
+            .destinations
+            .first()
+            .and_then(|d| Reference::parse(d).ok())
+            .map(|r| r.tag_or_digest());
+        let all: Vec<Descriptor> = blobs.iter().map(|d| (*d).clone()).collect();
+        write_oci_layout(
+            dir,
+            &manifest_bytes,
+            manifest_media_type,
+            &all,
+            store,
+            ref_name.as_deref(),
+        )?;
+        log::info!("Wrote image to OCI layout {}", dir.display());
+    }
+
+    if !opts.no_push {
+        for dest in &opts.destinations {
+            let reference = Reference::parse(dest).map_err(|e| BuildError::Reference {
+                reference: dest.clone(),
+                message: e.to_string(),
+            })?;
+            log::info!("Pushing image to {dest}");
+            let image = PushImage {
+                manifest: &manifest_bytes,
+                manifest_media_type,
+                blobs: blobs.clone(),
+                source: Some(&fetch),
+            };
+            let pushed = sctx.registry.push(&reference, &image, store)?;
+            log::info!("Pushed {}@{pushed}", reference.repo_name());
+        }
+    }
+
+    if let Some(path) = &opts.digest_file {
+        std::fs::write(path, digest.as_str()).map_err(|source| BuildError::Output {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(Outcome { digest })
+}

@@ -1,0 +1,346 @@
+//! The command line: kaniko's executor flags under `kiln build` (and under
+//! the name `executor`), with kaniko's names, defaults and environment
+//! variables. A kaniko flag that kiln does not implement yet is accepted by
+//! the parser only to fail with a clear "not supported yet" error.
+
+use crate::logging::Format;
+use clap::{ArgAction, Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// The WIT package version this host implements.
+pub const WIT_VERSION: &str = "kiln:plugin@0.1.0";
+
+/// kiln: build container images from Dockerfiles without a daemon.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version = concat!(env!("CARGO_PKG_VERSION"), " (wit kiln:plugin@0.1.0)"))]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// kiln's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build an image from a Dockerfile (kaniko's executor).
+    Build(Box<BuildArgs>),
+}
+
+/// Flags of `kiln build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Path to the Dockerfile; relative paths are looked up in the context too.
+    #[arg(short = 'f', long, default_value = "Dockerfile")]
+    pub dockerfile: PathBuf,
+    /// Build context: a directory, dir://, tar:// or another scheme a plugin handles.
+    #[arg(short = 'c', long, default_value = "/workspace/")]
+    pub context: String,
+    /// Registry destination (repeatable).
+    #[arg(short = 'd', long = "destination")]
+    pub destinations: Vec<String>,
+    /// Build without pushing.
+    #[arg(long, env = "KANIKO_NO_PUSH", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
+    pub no_push: bool,
+    /// Also write the image as an OCI image layout at this path.
+    #[arg(long)]
+    pub oci_layout_path: Option<PathBuf>,
+    /// Write the pushed image's digest to this file.
+    #[arg(long)]
+    pub digest_file: Option<PathBuf>,
+    /// Build argument K=V; a bare K takes its value from the environment.
+    #[arg(long = "build-arg")]
+    pub build_args: Vec<String>,
+    /// Label K=V added to the image (repeatable).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Stage to build as the image.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Platform of the image: os/arch[/variant].
+    #[arg(long, default_value = "linux/amd64")]
+    pub custom_platform: String,
+    /// Registry reached over plain HTTP (repeatable).
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+    /// A WebAssembly plugin adding instructions or context schemes (repeatable).
+    #[arg(long = "plugin")]
+    pub plugins: Vec<PathBuf>,
+    /// kiln's working directory: store, precompiled plugins, scratch space.
+    #[arg(long, env = "KANIKO_DIR")]
+    pub kaniko_dir: Option<PathBuf>,
+    /// Log level: trace, debug, info, warn, error, fatal, panic.
+    #[arg(short = 'v', long, default_value = "info")]
+    pub verbosity: String,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "color")]
+    pub log_format: Format,
+    /// Print wall-clock timestamps instead of elapsed seconds.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
+    pub log_timestamp: bool,
+    #[command(flatten)]
+    pub not_yet: NotYet,
+}
+
+/// kaniko flags kiln does not implement yet; each one, when given, fails
+/// the build before it starts.
+#[derive(Debug, Args)]
+pub struct NotYet {
+    #[arg(long, hide = true)]
+    context_sub_path: Option<String>,
+    #[arg(long, hide = true)]
+    tar_path: Option<String>,
+    #[arg(long, hide = true)]
+    image_name_with_digest_file: Option<String>,
+    #[arg(long, hide = true)]
+    image_name_tag_with_digest_file: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    skip_unused_stages: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    reproducible: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    cache: Option<String>,
+    #[arg(long, hide = true)]
+    cache_repo: Option<String>,
+    #[arg(long, hide = true)]
+    cache_dir: Option<String>,
+    #[arg(long, hide = true)]
+    cache_ttl: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    cache_copy_layers: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    cache_run_layers: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    no_push_cache: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    compressed_caching: Option<String>,
+    #[arg(long, hide = true)]
+    snapshot_mode: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    single_snapshot: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    use_new_run: Option<String>,
+    #[arg(long, hide = true)]
+    ignore_path: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    ignore_var_run: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    cleanup: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    force: Option<String>,
+    #[arg(long, hide = true)]
+    compression: Option<String>,
+    #[arg(long, hide = true)]
+    compression_level: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    insecure: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    insecure_pull: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    skip_tls_verify: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    skip_tls_verify_pull: Option<String>,
+    #[arg(long, hide = true)]
+    skip_tls_verify_registry: Option<String>,
+    #[arg(long, hide = true)]
+    registry_certificate: Option<String>,
+    #[arg(long, hide = true)]
+    registry_client_cert: Option<String>,
+    #[arg(long, hide = true, env = "KANIKO_REGISTRY_MIRROR")]
+    registry_mirror: Option<String>,
+    #[arg(long, hide = true, env = "KANIKO_REGISTRY_MAP")]
+    registry_map: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    skip_default_registry_fallback: Option<String>,
+    #[arg(long, hide = true)]
+    push_retry: Option<String>,
+    #[arg(long, hide = true)]
+    image_download_retry: Option<String>,
+    #[arg(long, hide = true)]
+    image_fs_extract_retry: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    skip_push_permission_check: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    push_ignore_immutable_tag_errors: Option<String>,
+    #[arg(long, hide = true)]
+    git: Option<String>,
+    #[arg(short = 'i', long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    interactive: Option<String>,
+}
+
+impl NotYet {
+    /// The first unimplemented flag the user gave, as `--name`.
+    pub fn first_given(&self) -> Option<&'static str> {
+        let flags: [(&'static str, bool); 40] = [
+            ("--context-sub-path", self.context_sub_path.is_some()),
+            ("--tar-path", self.tar_path.is_some()),
+            (
+                "--image-name-with-digest-file",
+                self.image_name_with_digest_file.is_some(),
+            ),
+            (
+                "--image-name-tag-with-digest-file",
+                self.image_name_tag_with_digest_file.is_some(),
+            ),
+            ("--skip-unused-stages", self.skip_unused_stages.is_some()),
+            ("--reproducible", self.reproducible.is_some()),
+            ("--cache", self.cache.is_some()),
+            ("--cache-repo", self.cache_repo.is_some()),
+            ("--cache-dir", self.cache_dir.is_some()),
+            ("--cache-ttl", self.cache_ttl.is_some()),
+            ("--cache-copy-layers", self.cache_copy_layers.is_some()),
+            ("--cache-run-layers", self.cache_run_layers.is_some()),
+            ("--no-push-cache", self.no_push_cache.is_some()),
+            ("--compressed-caching", self.compressed_caching.is_some()),
+            ("--snapshot-mode", self.snapshot_mode.is_some()),
+            ("--single-snapshot", self.single_snapshot.is_some()),
+            ("--use-new-run", self.use_new_run.is_some()),
+            ("--ignore-path", self.ignore_path.is_some()),
+            ("--ignore-var-run", self.ignore_var_run.is_some()),
+            ("--cleanup", self.cleanup.is_some()),
+            ("--force", self.force.is_some()),
+            ("--compression", self.compression.is_some()),
+            ("--compression-level", self.compression_level.is_some()),
+            ("--insecure", self.insecure.is_some()),
+            ("--insecure-pull", self.insecure_pull.is_some()),
+            ("--skip-tls-verify", self.skip_tls_verify.is_some()),
+            (
+                "--skip-tls-verify-pull",
+                self.skip_tls_verify_pull.is_some(),
+            ),
+            (
+                "--skip-tls-verify-registry",
+                self.skip_tls_verify_registry.is_some(),
+            ),
+            (
+                "--registry-certificate",
+                self.registry_certificate.is_some(),
+            ),
+            (
+                "--registry-client-cert",
+                self.registry_client_cert.is_some(),
+            ),
+            (
+                "--registry-mirror (or KANIKO_REGISTRY_MIRROR)",
+                self.registry_mirror.is_some(),
+            ),
+            (
+                "--registry-map (or KANIKO_REGISTRY_MAP)",
+                self.registry_map.is_some(),
+            ),
+            (
+                "--skip-default-registry-fallback",
+                self.skip_default_registry_fallback.is_some(),
+            ),
+            ("--push-retry", self.push_retry.is_some()),
+            (
+                "--image-download-retry",
+                self.image_download_retry.is_some(),
+            ),
+            (
+                "--image-fs-extract-retry",
+                self.image_fs_extract_retry.is_some(),
+            ),
+            (
+                "--skip-push-permission-check",
+                self.skip_push_permission_check.is_some(),
+            ),
+            (
+                "--push-ignore-immutable-tag-errors",
+                self.push_ignore_immutable_tag_errors.is_some(),
+            ),
+            ("--git", self.git.is_some()),
+            ("-i/--interactive", self.interactive.is_some()),
+        ];
+        flags
+            .into_iter()
+            .find(|(_, given)| *given)
+            .map(|(name, _)| name)
+    }
+}
+
+/// Parses `K=V` pairs of `--label`.
+pub fn parse_labels(raw: &[String]) -> Result<Vec<(String, String)>, String> {
+    raw.iter()
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| format!("invalid --label {l:?}: expected KEY=VALUE"))
+        })
+        .collect()
+}
+
+/// Rewrites argv so that the binary started as `executor` (kaniko's name)
+/// behaves as `kiln build`.
+pub fn normalise_args(mut args: Vec<String>) -> Vec<String> {
+    let invoked_as = args
+        .first()
+        .map(|a| a.rsplit('/').next().unwrap_or(a).to_owned())
+        .unwrap_or_default();
+    if invoked_as == "executor" {
+        args.insert(1, "build".into());
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> BuildArgs {
+        let mut argv = vec!["kiln", "build"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Build(b) => *b,
+        }
+    }
+
+    #[test]
+    fn kaniko_flags_parse_with_kaniko_defaults() {
+        let b = parse(&[
+            "-d",
+            "r/a:1",
+            "--destination=r/b:2",
+            "--build-arg",
+            "A=1",
+            "--no-push",
+        ]);
+        assert_eq!(b.destinations, vec!["r/a:1", "r/b:2"]);
+        assert_eq!(b.context, "/workspace/");
+        assert_eq!(b.dockerfile, PathBuf::from("Dockerfile"));
+        assert!(b.no_push);
+        assert_eq!(b.not_yet.first_given(), None);
+        assert!(!parse(&["--no-push=false"]).no_push);
+    }
+
+    #[test]
+    fn unimplemented_flags_are_reported_not_ignored() {
+        assert_eq!(
+            parse(&["--cache=true"]).not_yet.first_given(),
+            Some("--cache")
+        );
+        assert_eq!(
+            parse(&["--tar-path", "/x.tar"]).not_yet.first_given(),
+            Some("--tar-path")
+        );
+        assert_eq!(
+            parse(&["--reproducible"]).not_yet.first_given(),
+            Some("--reproducible")
+        );
+    }
+
+    #[test]
+    fn executor_name_means_build() {
+        let args = normalise_args(vec!["/kaniko/executor".into(), "--no-push".into()]);
+        assert_eq!(args, vec!["/kaniko/executor", "build", "--no-push"]);
+        let args = normalise_args(vec!["kiln".into(), "build".into()]);
+        assert_eq!(args, vec!["kiln", "build"]);
+    }
+
+    #[test]
+    fn labels_need_a_value() {
+        assert_eq!(
+            parse_labels(&["a=b=c".into()]).unwrap(),
+            vec![("a".into(), "b=c".into())]
+        );
+        assert!(parse_labels(&["nolabel".into()]).is_err());
+    }
+}

@@ -1,0 +1,357 @@
+//! Build contexts: a `--context` URL goes to the plugin that claims its
+//! scheme, and comes back as a directory tree the host reads natively.
+
+use crate::dockerfile::Ignore;
+use crate::layer::apply::{UnpackOptions, Whiteouts, unpack};
+use crate::plugin::{self, Kind, Opened, Plugin, Policy, Preopen, Runtime};
+use crate::store::Store;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+/// Context failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("unknown context scheme {scheme:?} in {url:?}; known schemes: {known}")]
+    UnknownScheme {
+        scheme: String,
+        url: String,
+        known: String,
+    },
+    #[error(transparent)]
+    Plugin(#[from] plugin::PluginError),
+    #[error("context directory {path} does not exist or is not a directory: check --context")]
+    NotADirectory { path: PathBuf },
+    #[error("cannot unpack context archive from {url}: {message}")]
+    Unpack { url: String, message: String },
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("context path {path:?} escapes the build context")]
+    Escapes { path: String },
+    #[error("cannot read {path} in the build context: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("context file {path:?} is {size} bytes; a plugin may read at most {max} bytes")]
+    TooLarge { path: String, size: u64, max: u64 },
+}
+
+/// The most a plugin may read from one context file.
+pub const MAX_PLUGIN_READ: u64 = 1 << 20;
+
+/// A build context on the host's filesystem, read-only from here on.
+pub struct ContextTree {
+    root: PathBuf,
+    ignore: Ignore,
+    // Keeps an unpacked archive alive for the build.
+    _unpacked: Option<tempfile::TempDir>,
+}
+
+/// The plugin that claims `scheme`.
+fn plugin_for<'p>(
+    plugins: &'p [Plugin],
+    scheme: &str,
+    url: &str,
+) -> Result<&'p Plugin, ContextError> {
+    let mut known = Vec::new();
+    for p in plugins {
+        if let Kind::Contexts(schemes) = p.kind() {
+            if schemes.iter().any(|s| s == scheme) {
+                return Ok(p);
+            }
+            known.extend(schemes.iter().map(|s| format!("{s}://")));
+        }
+    }
+    known.sort();
+    Err(ContextError::UnknownScheme {
+        scheme: scheme.into(),
+        url: url.into(),
+        known: known.join(", "),
+    })
+}
+
+/// Splits a context URL into its scheme and the rest; a plain path is `dir`.
+pub fn split_url(url: &str) -> (String, &str) {
+    match url.split_once("://") {
+        Some((scheme, rest))
+            if !scheme.is_empty()
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) =>
+        {
+            (scheme.to_ascii_lowercase(), rest)
+        }
+        _ => ("dir".into(), url),
+    }
+}
+
+fn absolute(path: &str) -> Result<PathBuf, ContextError> {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        return Ok(p.to_owned());
+    }
+    let cwd = std::env::current_dir().map_err(|source| ContextError::Io {
+        path: ".".into(),
+        source,
+    })?;
+    Ok(cwd.join(p))
+}
+
+/// Opens `url` through its plugin and returns the context tree.
+pub fn open(
+    url: &str,
+    plugins: &[Plugin],
+    rt: &Runtime,
+    store: &Store,
+) -> Result<ContextTree, ContextError> {
+    let (scheme, rest) = split_url(url);
+    let plugin = plugin_for(plugins, &scheme, url)?;
+    // Local paths are made absolute here so the plugin sees the same path
+    // the host grants it, whatever the working directory.
+    let mut policy = Policy::default();
+    let url = match scheme.as_str() {
+        "dir" => format!("dir://{}", absolute(rest)?.display()),
+        "tar" if rest != "stdin" => {
+            let file = absolute(rest)?;
+            if let Some(parent) = file.parent() {
+                policy.read_dirs.push(Preopen {
+                    host: parent.to_owned(),
+                    guest: parent.display().to_string(),
+                });
+            }
+            format!("tar://{}", file.display())
+        }
+        _ => url.to_owned(),
+    };
+    log::debug!("opening context {url} with plugin {}", plugin.name());
+    match plugin.open_context(rt, &url, &[], &policy)? {
+        Opened::Directory(dir) => {
+            if !dir.is_dir() {
+                return Err(ContextError::NotADirectory { path: dir });
+            }
+            ContextTree::new(dir, None)
+        }
+        Opened::Tar(stream) => {
+            let tmp = store.temp_dir("context-")?;
+            let opts = UnpackOptions {
+                whiteouts: Whiteouts::Reject,
+                preserve_owners: false,
+            };
+            unpack(stream, tmp.path(), &opts).map_err(|e| ContextError::Unpack {
+                url: url.clone(),
+                message: e.to_string(),
+            })?;
+            ContextTree::new(tmp.path().to_owned(), Some(tmp))
+        }
+    }
+}
+
+/// Cleans a context-relative path; `None` if it climbs out of the root.
+pub fn clean_relative(path: &str) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in Path::new(path).components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                if !out.pop() {
+                    return None;
+                }
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    Some(out)
+}
+
+/// The type and permission bits of a context entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub kind: plugin::HostFileKind,
+    pub size: u64,
+    pub mode: u32,
+}
+
+impl ContextTree {
+    fn new(
+        root: PathBuf,
+        unpacked: Option<tempfile::TempDir>,
+    ) -> Result<ContextTree, ContextError> {
+        let ignore_file = root.join(".dockerignore");
+        let ignore = match fs::read_to_string(&ignore_file) {
+            Ok(text) => Ignore::parse(&text),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ignore::parse(""),
+            Err(source) => {
+                return Err(ContextError::Io {
+                    path: ".dockerignore".into(),
+                    source,
+                });
+            }
+        };
+        Ok(ContextTree {
+            root,
+            ignore,
+            _unpacked: unpacked,
+        })
+    }
+
+    /// The directory the context lives in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// True if `.dockerignore` excludes `rel`.
+    pub fn is_ignored(&self, rel: &Path) -> bool {
+        self.ignore.is_ignored(&rel.to_string_lossy())
+    }
+
+    /// The host path of a context-relative path, refusing escapes.
+    pub fn host_path(&self, rel: &str) -> Result<PathBuf, ContextError> {
+        let clean =
+            clean_relative(rel).ok_or_else(|| ContextError::Escapes { path: rel.into() })?;
+        Ok(self.root.join(clean))
+    }
+
+    /// `lstat` of a context path; `None` if it is missing or ignored.
+    pub fn stat(&self, rel: &str) -> Option<Stat> {
+        let clean = clean_relative(rel)?;
+        if !clean.as_os_str().is_empty() && self.is_ignored(&clean) {
+            return None;
+        }
+        let md = fs::symlink_metadata(self.root.join(&clean)).ok()?;
+        let ft = md.file_type();
+        let kind = if ft.is_dir() {
+            plugin::HostFileKind::Directory
+        } else if ft.is_file() {
+            plugin::HostFileKind::File
+        } else if ft.is_symlink() {
+            plugin::HostFileKind::Symlink
+        } else {
+            plugin::HostFileKind::Other
+        };
+        Some(Stat {
+            kind,
+            size: md.size(),
+            mode: md.permissions().mode() & 0o7777,
+        })
+    }
+
+    /// Context paths matching a Docker (Go `filepath.Match`) glob, sorted,
+    /// with `.dockerignore` applied.
+    pub fn glob(&self, pattern: &str) -> Result<Vec<String>, ContextError> {
+        let clean = clean_relative(pattern).ok_or_else(|| ContextError::Escapes {
+            path: pattern.into(),
+        })?;
+        let pattern_text = clean.to_string_lossy().into_owned();
+        let compiled = glob::Pattern::new(&pattern_text).map_err(|e| ContextError::Io {
+            path: pattern.into(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, e.to_string()),
+        })?;
+        let depth = clean.components().count();
+        let opts = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: false,
+        };
+        let mut found = Vec::new();
+        // Only walk as deep as the pattern has components: a glob never
+        // crosses a `/`.
+        self.walk_to_depth(Path::new(""), depth, &mut |rel| {
+            if rel.components().count() == depth && compiled.matches_path_with(rel, opts) {
+                found.push(rel.to_string_lossy().into_owned());
+            }
+        })?;
+        found.sort();
+        Ok(found)
+    }
+
+    fn walk_to_depth(
+        &self,
+        rel: &Path,
+        depth: usize,
+        visit: &mut dyn FnMut(&Path),
+    ) -> Result<(), ContextError> {
+        if depth == 0 {
+            return Ok(());
+        }
+        let dir = self.root.join(rel);
+        let entries = fs::read_dir(&dir).map_err(|source| ContextError::Io {
+            path: rel.display().to_string(),
+            source,
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| ContextError::Io {
+                path: rel.display().to_string(),
+                source,
+            })?;
+            let child = rel.join(entry.file_name());
+            if self.is_ignored(&child) {
+                continue;
+            }
+            visit(&child);
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                self.walk_to_depth(&child, depth - 1, visit)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a small context file for a plugin.
+    pub fn read_small(&self, rel: &str) -> Result<Vec<u8>, ContextError> {
+        let stat = self.stat(rel).ok_or_else(|| ContextError::Io {
+            path: rel.into(),
+            source: io::Error::new(
+                io::ErrorKind::NotFound,
+                "not found in the build context or excluded by .dockerignore",
+            ),
+        })?;
+        if stat.size > MAX_PLUGIN_READ {
+            return Err(ContextError::TooLarge {
+                path: rel.into(),
+                size: stat.size,
+                max: MAX_PLUGIN_READ,
+            });
+        }
+        let path = self.host_path(rel)?;
+        fs::read(&path).map_err(|source| ContextError::Io {
+            path: rel.into(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_split_into_scheme_and_rest() {
+        assert_eq!(split_url("tar:///a/b.tgz"), ("tar".into(), "/a/b.tgz"));
+        assert_eq!(split_url("DIR://x"), ("dir".into(), "x"));
+        assert_eq!(split_url("./ctx"), ("dir".into(), "./ctx"));
+        assert_eq!(split_url("/abs/path"), ("dir".into(), "/abs/path"));
+    }
+
+    #[test]
+    fn relative_paths_cannot_escape() {
+        assert_eq!(clean_relative("a/../b/./c").unwrap(), PathBuf::from("b/c"));
+        assert_eq!(clean_relative("/a").unwrap(), PathBuf::from("a"));
+        assert!(clean_relative("../x").is_none());
+        assert!(clean_relative("a/../../x").is_none());
+    }
+
+    #[test]
+    fn glob_matches_per_component_and_honours_dockerignore() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["a.txt", "b.txt", "c.md", "sub/d.txt", "secret.txt"] {
+            let p = dir.path().join(f);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, f).unwrap();
+        }
+        fs::write(dir.path().join(".dockerignore"), "secret.txt\n").unwrap();
+        let ctx = ContextTree::new(dir.path().to_owned(), None).unwrap();
+        assert_eq!(ctx.glob("*.txt").unwrap(), vec!["a.txt", "b.txt"]);
+        assert_eq!(ctx.glob("*/*.txt").unwrap(), vec!["sub/d.txt"]);
+        assert!(ctx.stat("secret.txt").is_none());
+        assert_eq!(ctx.read_small("a.txt").unwrap(), b"a.txt");
+        assert!(ctx.host_path("../etc/passwd").is_err());
+    }
+}

@@ -1,0 +1,711 @@
+//! Canonical layer writing: a directory tree in overlay format becomes a
+//! reproducible gzip tar blob in the store, diff_id and digest computed in
+//! the same single pass.
+//!
+//! Canonical means: entries sorted byte-wise by path (directories carry a
+//! trailing `/`), ustar headers with empty user and group names, whole-second
+//! mtimes (optionally clamped), long names and xattrs as sorted PAX records,
+//! and the gzip header without name or time.
+
+use super::{LayerError, OPAQUE_MARKER, WHITEOUT_PREFIX, XattrPairs, is_overlay_xattr};
+use crate::digest::{Digest, HashingWriter};
+use crate::store::Store;
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::fs::{self, File, Metadata};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use tar::{EntryType, Header};
+
+/// A layer written to the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerBlob {
+    /// Digest of the compressed blob (what manifests reference).
+    pub digest: Digest,
+    /// Digest of the uncompressed tar (what image configs list).
+    pub diff_id: Digest,
+    /// Size of the compressed blob in bytes.
+    pub size: u64,
+}
+
+/// How to write a layer.
+#[derive(Clone, Debug)]
+pub struct WriteOptions {
+    /// Clamp mtimes to this many seconds since the epoch (`SOURCE_DATE_EPOCH`).
+    pub mtime_clamp: Option<u64>,
+    /// gzip level, 0 to 9.
+    pub gzip_level: u32,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        Self {
+            mtime_clamp: None,
+            gzip_level: 6,
+        }
+    }
+}
+
+/// Writes the tree under `root` as a canonical gzip layer blob into the
+/// store; `None` if `root` has no entries. The root directory's own
+/// metadata is not part of the layer.
+pub fn write_layer(
+    root: &Path,
+    store: &Store,
+    opts: &WriteOptions,
+) -> Result<Option<LayerBlob>, LayerError> {
+    if opts.gzip_level > 9 {
+        return Err(LayerError::GzipLevel(opts.gzip_level));
+    }
+    let mut first = fs::read_dir(root).map_err(io_err("read directory", root))?;
+    if first.next().is_none() {
+        return Ok(None);
+    }
+    let blob = store.blob_writer()?;
+    let gzip = GzEncoder::new(blob, Compression::new(opts.gzip_level));
+    let mut writer = TreeWriter {
+        tar: tar::Builder::new(HashingWriter::new(gzip)),
+        clamp: opts.mtime_clamp,
+        links: HashMap::new(),
+    };
+    writer.walk(root, b"")?;
+    let tar = writer.tar.into_inner();
+    let (gzip, diff_id, _) = tar.map_err(io_err("finish layer for", root))?.finish();
+    let blob = gzip.finish().map_err(io_err("finish layer for", root))?;
+    let (digest, size) = blob.commit(None)?;
+    Ok(Some(LayerBlob {
+        digest,
+        diff_id,
+        size,
+    }))
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LayerError + 'a {
+    move |source| LayerError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// How a filesystem object is stored in the tar.
+#[derive(Debug, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+    Symlink,
+    Char(u32, u32),
+    Block(u32, u32),
+    Fifo,
+    /// An overlay whiteout (char device 0/0): stored as `.wh.NAME`.
+    Whiteout,
+    /// Sockets only exist while their server runs; images never carry them.
+    Socket,
+}
+
+fn kind_of(meta: &Metadata) -> Kind {
+    let ft = meta.file_type();
+    let dev = || {
+        (
+            rustix::fs::major(meta.rdev()),
+            rustix::fs::minor(meta.rdev()),
+        )
+    };
+    if ft.is_dir() {
+        Kind::Dir
+    } else if ft.is_symlink() {
+        Kind::Symlink
+    } else if ft.is_char_device() {
+        match dev() {
+            (0, 0) => Kind::Whiteout,
+            (major, minor) => Kind::Char(major, minor),
+        }
+    } else if ft.is_block_device() {
+        let (major, minor) = dev();
+        Kind::Block(major, minor)
+    } else if ft.is_fifo() {
+        Kind::Fifo
+    } else if ft.is_socket() {
+        Kind::Socket
+    } else {
+        Kind::File
+    }
+}
+
+/// The name an entry takes in the tar, which is also its sort key among
+/// siblings: a directory sorts as `name/`, so a depth-first walk in this
+/// order lists full paths in byte order.
+fn tar_name(name: &[u8], kind: &Kind) -> Vec<u8> {
+    match kind {
+        Kind::Dir => [name, b"/"].concat(),
+        Kind::Whiteout => [WHITEOUT_PREFIX, name].concat(),
+        _ => name.to_vec(),
+    }
+}
+
+/// One PAX extended-header record: `"<len> <key>=<value>\n"`, where `len`
+/// counts the whole record including its own digits.
+fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let rest = key.len() + value.len() + 3;
+    let mut len = rest + 1;
+    while rest + len.to_string().len() != len {
+        len = rest + len.to_string().len();
+    }
+    let mut rec = format!("{len} ").into_bytes();
+    rec.extend_from_slice(key);
+    rec.push(b'=');
+    rec.extend_from_slice(value);
+    rec.push(b'\n');
+    rec
+}
+
+/// Overlay xattrs that mean part of an entry lives in a lower layer.
+const NOT_SELF_CONTAINED: [&[u8]; 4] = [
+    b"trusted.overlay.redirect",
+    b"trusted.overlay.metacopy",
+    b"user.overlay.redirect",
+    b"user.overlay.metacopy",
+];
+
+/// The xattrs of an entry as stored in the tar, and whether it is an
+/// opaque directory.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Xattrs {
+    stored: BTreeMap<Vec<u8>, Vec<u8>>,
+    opaque: bool,
+}
+
+/// Decides which xattrs go into the tar. `security.selinux` is dropped: it
+/// is the build host's label, not image content.
+fn classify_xattrs(path: &Path, all: XattrPairs) -> Result<Xattrs, LayerError> {
+    let mut out = Xattrs::default();
+    for (name, value) in all {
+        if NOT_SELF_CONTAINED.contains(&name.as_slice()) {
+            return Err(LayerError::OverlayNotSelfContained {
+                path: path.to_owned(),
+                xattr: lossy(&name),
+            });
+        }
+        if name.ends_with(b".overlay.opaque") && is_overlay_xattr(&name) {
+            out.opaque |= value == b"y";
+        } else if !is_overlay_xattr(&name) && name != b"security.selinux" {
+            out.stored.insert(name, value);
+        }
+    }
+    Ok(out)
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn read_xattrs(path: &Path) -> Result<XattrPairs, LayerError> {
+    let fail = |source| LayerError::Io {
+        action: "read xattrs of",
+        path: path.to_owned(),
+        source,
+    };
+    let mut out = Vec::new();
+    for name in xattr::list(path).map_err(fail)? {
+        if let Some(value) = xattr::get(path, &name).map_err(fail)? {
+            out.push((name.into_vec(), value));
+        }
+    }
+    Ok(out)
+}
+
+struct TreeWriter<W: Write> {
+    tar: tar::Builder<W>,
+    clamp: Option<u64>,
+    /// First tar path of every multiply-linked regular file seen so far.
+    links: HashMap<(u64, u64), Vec<u8>>,
+}
+
+struct Child {
+    name: OsString,
+    key: Vec<u8>,
+    meta: Metadata,
+    kind: Kind,
+}
+
+impl<W: Write> TreeWriter<W> {
+    fn walk(&mut self, dir: &Path, prefix: &[u8]) -> Result<(), LayerError> {
+        let mut children = Vec::new();
+        for ent in fs::read_dir(dir).map_err(io_err("read directory", dir))? {
+            let ent = ent.map_err(io_err("read directory", dir))?;
+            let path = ent.path();
+            let meta = fs::symlink_metadata(&path).map_err(io_err("stat", &path))?;
+            let kind = kind_of(&meta);
+            let name = ent.file_name();
+            children.push(Child {
+                key: tar_name(name.as_bytes(), &kind),
+                name,
+                meta,
+                kind,
+            });
+        }
+        children.sort_by(|a, b| a.key.cmp(&b.key));
+        for child in children {
+            let path = dir.join(&child.name);
+            let tar_path = [prefix, &child.key].concat();
+            self.entry(&path, &tar_path, &child)?;
+            if child.kind == Kind::Dir {
+                self.walk(&path, &tar_path)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn mtime(&self, meta: &Metadata) -> u64 {
+        let mtime = u64::try_from(meta.mtime()).unwrap_or(0);
+        self.clamp.map_or(mtime, |c| mtime.min(c))
+    }
+
+    fn header(&self, kind: EntryType, meta: &Metadata) -> Header {
+        let mut h = Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(meta.mode() & 0o7777);
+        h.set_uid(meta.uid().into());
+        h.set_gid(meta.gid().into());
+        h.set_mtime(self.mtime(meta));
+        h.set_size(0);
+        zero_devices(&mut h);
+        h
+    }
+
+    fn entry(&mut self, path: &Path, tar_path: &[u8], child: &Child) -> Result<(), LayerError> {
+        let meta = &child.meta;
+        let xattrs = match child.kind {
+            Kind::Whiteout | Kind::Socket => Xattrs::default(),
+            _ => classify_xattrs(path, read_xattrs(path)?)?,
+        };
+        let mut link = None;
+        let header = match child.kind {
+            Kind::Socket => {
+                log::warn!("not storing socket {} in the layer", path.display());
+                return Ok(());
+            }
+            Kind::Dir => self.header(EntryType::Directory, meta),
+            Kind::Whiteout => self.header(EntryType::Regular, meta),
+            Kind::Fifo => self.header(EntryType::Fifo, meta),
+            Kind::Symlink => {
+                link = Some(
+                    fs::read_link(path)
+                        .map_err(io_err("read symlink", path))?
+                        .into_os_string()
+                        .into_vec(),
+                );
+                self.header(EntryType::Symlink, meta)
+            }
+            Kind::Char(major, minor) | Kind::Block(major, minor) => {
+                let kind = if matches!(child.kind, Kind::Char(..)) {
+                    EntryType::Char
+                } else {
+                    EntryType::Block
+                };
+                let mut h = self.header(kind, meta);
+                let set = |h: &mut Header| -> io::Result<()> {
+                    h.set_device_major(major)?;
+                    h.set_device_minor(minor)
+                };
+                set(&mut h).map_err(io_err("store device numbers of", path))?;
+                h
+            }
+            // Overlayfs shares one inode among the whiteouts it creates, so
+            // only regular files are tracked as hardlinks.
+            Kind::File if meta.nlink() > 1 => match self.links.get(&(meta.dev(), meta.ino())) {
+                Some(first) => {
+                    link = Some(first.clone());
+                    self.header(EntryType::Link, meta)
+                }
+                None => {
+                    self.links
+                        .insert((meta.dev(), meta.ino()), tar_path.to_vec());
+                    self.header(EntryType::Regular, meta)
+                }
+            },
+            Kind::File => self.header(EntryType::Regular, meta),
+        };
+        let is_data = header.entry_type() == EntryType::Regular && child.kind == Kind::File;
+        self.append(
+            path,
+            tar_path,
+            header,
+            link.as_deref(),
+            &xattrs.stored,
+            is_data.then_some(meta.len()),
+        )?;
+        if xattrs.opaque {
+            let marker = [tar_path, OPAQUE_MARKER].concat();
+            let mut h = self.header(EntryType::Regular, meta);
+            h.set_mode(meta.mode() & 0o777);
+            self.append(path, &marker, h, None, &BTreeMap::new(), None)?;
+        }
+        Ok(())
+    }
+
+    /// Appends one entry, preceded by a PAX header when the path or link
+    /// does not fit ustar or there are xattrs; `data` is the file length
+    /// to copy from `path`.
+    fn append(
+        &mut self,
+        path: &Path,
+        tar_path: &[u8],
+        mut header: Header,
+        link: Option<&[u8]>,
+        xattrs: &BTreeMap<Vec<u8>, Vec<u8>>,
+        data: Option<u64>,
+    ) -> Result<(), LayerError> {
+        let mut pax = Vec::new();
+        for (name, value) in xattrs {
+            pax.extend(pax_record(
+                &[b"SCHILY.xattr.", name.as_slice()].concat(),
+                value,
+            ));
+        }
+        let old = header.as_old_mut();
+        if let Some(link) = link {
+            if link.len() <= old.linkname.len() {
+                old.linkname[..link.len()].copy_from_slice(link);
+            } else {
+                pax.extend(pax_record(b"linkpath", link));
+            }
+        }
+        if tar_path.len() <= old.name.len() {
+            old.name[..tar_path.len()].copy_from_slice(tar_path);
+        } else {
+            pax.extend(pax_record(b"path", tar_path));
+            let cut = old.name.len();
+            old.name.copy_from_slice(&tar_path[..cut]);
+        }
+        let fail = io_err("write layer entry for", path);
+        if !pax.is_empty() {
+            let mut h = Header::new_ustar();
+            h.set_entry_type(EntryType::XHeader);
+            h.as_old_mut().name[..14].copy_from_slice(b"././@PaxHeader");
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            zero_devices(&mut h);
+            h.set_size(pax.len() as u64);
+            h.set_cksum();
+            self.tar.append(&h, pax.as_slice()).map_err(fail)?;
+        }
+        let fail = io_err("write layer entry for", path);
+        match data {
+            None => {
+                header.set_cksum();
+                self.tar.append(&header, io::empty()).map_err(fail)
+            }
+            Some(len) => {
+                header.set_size(len);
+                header.set_cksum();
+                let file = File::open(path).map_err(io_err("open", path))?;
+                let mut counted = CountingReader {
+                    inner: file.take(len),
+                    count: 0,
+                };
+                self.tar.append(&header, &mut counted).map_err(fail)?;
+                if counted.count != len {
+                    return Err(LayerError::Io {
+                        action: "archive",
+                        path: PathBuf::from(path),
+                        source: io::Error::other(
+                            "the file shrank while being archived; nothing may write to the tree during a snapshot",
+                        ),
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Writes device numbers 0 rather than leaving the fields NUL, as GNU tar
+/// does, so strict readers parse every numeric field.
+fn zero_devices(h: &mut Header) {
+    if let Some(ustar) = h.as_ustar_mut() {
+        ustar.set_device_major(0);
+        ustar.set_device_minor(0);
+    }
+}
+
+struct CountingReader<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    fn uncompressed(store: &Store, blob: &LayerBlob) -> Vec<u8> {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(store.open_blob(&blob.digest).unwrap())
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    /// (path, type, link, mode, mtime, xattrs) of every entry.
+    type Listed = (String, EntryType, String, u32, u64, Vec<(String, Vec<u8>)>);
+
+    fn list(tar: &[u8]) -> Vec<Listed> {
+        let mut archive = tar::Archive::new(tar);
+        let mut out = Vec::new();
+        for e in archive.entries().unwrap() {
+            let mut e = e.unwrap();
+            let mut xattrs = Vec::new();
+            if let Some(pax) = e.pax_extensions().unwrap() {
+                for ext in pax {
+                    let ext = ext.unwrap();
+                    if let Some(name) = ext.key().unwrap().strip_prefix("SCHILY.xattr.") {
+                        xattrs.push((name.to_owned(), ext.value_bytes().to_vec()));
+                    }
+                }
+            }
+            let h = e.header();
+            out.push((
+                lossy(&e.path_bytes()),
+                h.entry_type(),
+                e.link_name_bytes().map(|l| lossy(&l)).unwrap_or_default(),
+                h.mode().unwrap(),
+                h.mtime().unwrap(),
+                xattrs,
+            ));
+        }
+        out
+    }
+
+    fn names(tar: &[u8]) -> Vec<String> {
+        list(tar).into_iter().map(|e| e.0).collect()
+    }
+
+    fn mknod(path: &Path, kind: rustix::fs::FileType, major: u32, minor: u32) {
+        let mode = rustix::fs::Mode::from_raw_mode(0o600);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            kind,
+            mode,
+            rustix::fs::makedev(major, minor),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn pax_record_length_counts_itself() {
+        assert_eq!(pax_record(b"path", b"abc"), b"12 path=abc\n");
+        // 3 + 1 + 94 = 98 bytes without the length; "100 " tips it over.
+        let rec = pax_record(b"k", &[b'v'; 94]);
+        assert_eq!(rec.len(), 101);
+        assert!(rec.starts_with(b"101 k="));
+    }
+
+    #[test]
+    fn classify_keeps_content_xattrs_and_drops_overlay_ones() {
+        let x = |n: &str, v: &str| (n.as_bytes().to_vec(), v.as_bytes().to_vec());
+        let all = vec![
+            x("user.x", "1"),
+            x("security.capability", "cap"),
+            x("security.selinux", "host_t"),
+            x("trusted.overlay.origin", "o"),
+            x("trusted.overlay.opaque", "y"),
+        ];
+        let got = classify_xattrs(Path::new("p"), all).unwrap();
+        assert!(got.opaque);
+        assert_eq!(
+            got.stored.keys().map(|k| lossy(k)).collect::<Vec<_>>(),
+            ["security.capability", "user.x"]
+        );
+        let redirect = classify_xattrs(Path::new("d"), vec![x("trusted.overlay.redirect", "/a")]);
+        assert!(matches!(
+            redirect,
+            Err(LayerError::OverlayNotSelfContained { .. })
+        ));
+    }
+
+    #[test]
+    fn empty_tree_gives_no_layer() {
+        let (_k, store) = store();
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(
+            write_layer(root.path(), &store, &WriteOptions::default()).unwrap(),
+            None
+        );
+        assert_eq!(
+            fs::read_dir(store.blob_path(&Digest::of(b"")).parent().unwrap())
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn layers_are_sorted_deterministic_and_hash_right() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        for d in ["a", "a/x", "B"] {
+            fs::create_dir(r.join(d)).unwrap();
+        }
+        for f in ["a-b", "a/x/f", "a/z", "B/c", "\u{e4}", "a.txt"] {
+            fs::write(r.join(f), f.as_bytes()).unwrap();
+        }
+        let long = "l".repeat(150);
+        fs::write(r.join(&long), b"long").unwrap();
+        symlink("a/z", r.join("sym")).unwrap();
+        let (_k1, s1) = store();
+        let (_k2, s2) = store();
+        let b1 = write_layer(r, &s1, &WriteOptions::default())
+            .unwrap()
+            .unwrap();
+        let b2 = write_layer(r, &s2, &WriteOptions::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(b1, b2);
+        assert_eq!(
+            fs::read(s1.blob_path(&b1.digest)).unwrap(),
+            fs::read(s2.blob_path(&b2.digest)).unwrap()
+        );
+        assert_eq!(
+            b1.size,
+            fs::metadata(s1.blob_path(&b1.digest)).unwrap().len()
+        );
+        let tar = uncompressed(&s1, &b1);
+        assert_eq!(Digest::of(&tar), b1.diff_id);
+        let got = names(&tar);
+        let mut sorted = got.clone();
+        sorted.sort();
+        assert_eq!(got, sorted);
+        assert_eq!(
+            got,
+            [
+                "B/",
+                "B/c",
+                "a-b",
+                "a.txt",
+                "a/",
+                "a/x/",
+                "a/x/f",
+                "a/z",
+                long.as_str(),
+                "sym",
+                "\u{e4}"
+            ]
+        );
+        let sym = list(&tar).into_iter().find(|e| e.0 == "sym").unwrap();
+        assert_eq!((sym.1, sym.2.as_str()), (EntryType::Symlink, "a/z"));
+    }
+
+    #[test]
+    fn overlay_format_becomes_tar_whiteouts_and_hardlinks_are_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir(r.join("opq")).unwrap();
+        fs::write(r.join("opq/.a"), b"").unwrap();
+        xattr::set(r.join("opq"), "trusted.overlay.opaque", b"y").unwrap();
+        mknod(&r.join("gone"), rustix::fs::FileType::CharacterDevice, 0, 0);
+        mknod(&r.join("tty"), rustix::fs::FileType::CharacterDevice, 5, 0);
+        fs::write(r.join("h1"), b"shared").unwrap();
+        fs::hard_link(r.join("h1"), r.join("h2")).unwrap();
+        fs::write(r.join("suid"), b"").unwrap();
+        fs::set_permissions(r.join("suid"), fs::Permissions::from_mode(0o4755)).unwrap();
+        xattr::set(r.join("suid"), "user.x", b"1").unwrap();
+        xattr::set(r.join("suid"), "trusted.overlay.origin", b"o").unwrap();
+        let (_k, s) = store();
+        let blob = write_layer(r, &s, &WriteOptions::default())
+            .unwrap()
+            .unwrap();
+        let entries = list(&uncompressed(&s, &blob));
+        let brief: Vec<_> = entries
+            .iter()
+            .map(|e| (e.0.as_str(), e.1, e.2.as_str()))
+            .collect();
+        assert_eq!(
+            brief,
+            [
+                (".wh.gone", EntryType::Regular, ""),
+                ("h1", EntryType::Regular, ""),
+                ("h2", EntryType::Link, "h1"),
+                ("opq/", EntryType::Directory, ""),
+                ("opq/.wh..wh..opq", EntryType::Regular, ""),
+                ("opq/.a", EntryType::Regular, ""),
+                ("suid", EntryType::Regular, ""),
+                ("tty", EntryType::Char, ""),
+            ]
+        );
+        let suid = entries.iter().find(|e| e.0 == "suid").unwrap();
+        assert_eq!(suid.3, 0o4755);
+        assert_eq!(suid.5, [("user.x".to_owned(), b"1".to_vec())]);
+        assert!(entries.iter().all(|e| e.0 == "suid" || e.5.is_empty()));
+    }
+
+    #[test]
+    fn mtimes_are_clamped_when_asked() {
+        let root = tempfile::tempdir().unwrap();
+        let set = |name: &str, secs: i64| {
+            let path = root.path().join(name);
+            fs::write(&path, b"").unwrap();
+            let t = rustix::fs::Timespec {
+                tv_sec: secs,
+                tv_nsec: 5,
+            };
+            let times = rustix::fs::Timestamps {
+                last_access: t,
+                last_modification: t,
+            };
+            rustix::fs::utimensat(rustix::fs::CWD, &path, &times, rustix::fs::AtFlags::empty())
+                .unwrap();
+        };
+        set("new", 2_000_000_000);
+        set("old", 500);
+        let (_k, s) = store();
+        let opts = WriteOptions {
+            mtime_clamp: Some(1000),
+            ..WriteOptions::default()
+        };
+        let blob = write_layer(root.path(), &s, &opts).unwrap().unwrap();
+        let mtimes: Vec<_> = list(&uncompressed(&s, &blob))
+            .into_iter()
+            .map(|e| (e.0, e.4))
+            .collect();
+        assert_eq!(mtimes, [("new".to_owned(), 1000), ("old".to_owned(), 500)]);
+        let unclamped = write_layer(root.path(), &s, &WriteOptions::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(list(&uncompressed(&s, &unclamped))[0].4, 2_000_000_000);
+    }
+
+    #[test]
+    fn a_bad_gzip_level_is_refused() {
+        let (_k, s) = store();
+        let opts = WriteOptions {
+            gzip_level: 10,
+            ..WriteOptions::default()
+        };
+        assert!(matches!(
+            write_layer(Path::new("/"), &s, &opts),
+            Err(LayerError::GzipLevel(10))
+        ));
+    }
+}

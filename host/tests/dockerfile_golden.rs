@@ -1,0 +1,59 @@
+//! Golden tests for the Dockerfile parser: each `golden/dockerfile/NAME.Dockerfile`
+//! parses to the JSON in `NAME.json` (the `Dockerfile` or the `ParseError`).
+//! The expectations were checked against BuildKit's parser; `UPDATE_GOLDEN=1`
+//! rewrites them, after which every change must be reviewed the same way.
+
+use std::path::{Path, PathBuf};
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/dockerfile")
+}
+
+fn render(source: &str) -> String {
+    let json = match kiln::dockerfile::parse(source) {
+        Ok(dockerfile) => serde_json::to_string_pretty(&dockerfile),
+        Err(error) => serde_json::to_string_pretty(&error),
+    };
+    json.expect("parse results serialize") + "\n"
+}
+
+#[test]
+fn dockerfiles_parse_to_their_golden_json() {
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1");
+    let mut inputs: Vec<PathBuf> = std::fs::read_dir(golden_dir())
+        .expect("golden directory is readable")
+        .map(|entry| entry.expect("golden directory entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "Dockerfile"))
+        .collect();
+    inputs.sort();
+    assert!(
+        inputs.len() >= 12,
+        "expected at least 12 golden Dockerfiles, found {}",
+        inputs.len()
+    );
+
+    let mut failures = Vec::new();
+    for input in &inputs {
+        let source = std::fs::read_to_string(input).expect("golden Dockerfile is UTF-8");
+        let actual = render(&source);
+        let expected_path = input.with_extension("json");
+        if update {
+            std::fs::write(&expected_path, &actual).expect("golden JSON is writable");
+            continue;
+        }
+        match std::fs::read_to_string(&expected_path) {
+            Ok(expected) if expected == actual => {}
+            Ok(expected) => failures.push(format!(
+                "{}: parse result differs from {}\n--- expected\n{expected}--- actual\n{actual}",
+                input.display(),
+                expected_path.display()
+            )),
+            Err(e) => failures.push(format!(
+                "{}: cannot read {} ({e}); run with UPDATE_GOLDEN=1 to create it",
+                input.display(),
+                expected_path.display()
+            )),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -1,0 +1,7 @@
+﻿# escape=\
+FROM alpine
+RUN echo a \
+    b
+RUN <<EOF
+echo $HOME
+EOF

@@ -1,0 +1,3 @@
+# escape=`
+# Escape=\
+FROM alpine

@@ -1,0 +1,194 @@
+//! `cargo xtask`: project chores that need more than cargo.
+//!
+//! `cargo xtask test [-- CARGO TEST ARGS]` installs the tools the end-to-end
+//! tests drive (registry, busybox, skopeo, umoci, htpasswd), builds kiln and
+//! its plugins, and runs every test of the workspace against that binary.
+
+use anyhow::{Context, Result, bail};
+use std::env;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// Debian packages the end-to-end tests run, with what each provides.
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("docker-registry", "the registry the tests push to"),
+    ("busybox-static", "the base image's userland"),
+    ("skopeo", "image copy and inspection"),
+    ("umoci", "image packaging and flattening"),
+    ("apache2-utils", "htpasswd for the basic-auth registry"),
+];
+
+/// The Rust target plugins are compiled for.
+const PLUGIN_TARGET: &str = "wasm32-wasip2";
+
+const USAGE: &str = "usage: cargo xtask test [-- <cargo test arguments>]
+
+  test   install the test tools (apt), build kiln and its plugins, and run
+         `cargo test --workspace` with KILN_BIN and KILN_PLUGINS_DIR set";
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = env::args_os().skip(1).collect();
+    match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[OsString]) -> Result<ExitCode> {
+    match args.split_first() {
+        Some((command, rest)) if command == "test" => {
+            let cargo_args = match rest.split_first() {
+                None => &[][..],
+                Some((separator, cargo_args)) if separator == "--" => cargo_args,
+                Some(_) => bail!("extra arguments go after `--`\n\n{USAGE}"),
+            };
+            test(cargo_args)
+        }
+        Some((command, _)) if command == "help" || command == "--help" || command == "-h" => {
+            println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some((command, _)) => bail!("unknown command {command:?}\n\n{USAGE}"),
+        None => bail!("no command given\n\n{USAGE}"),
+    }
+}
+
+fn test(cargo_args: &[OsString]) -> Result<ExitCode> {
+    ensure_packages()?;
+    ensure_rust_target()?;
+    let root = workspace_root();
+    let target_dir = target_dir(&root)?;
+
+    // Building kiln also builds the plugins into the target directory.
+    let mut build = cargo(&root);
+    build.args(["build", "-p", "kiln"]);
+    run_checked(&mut build)?;
+
+    let kiln_bin = target_dir.join("debug/kiln");
+    if !kiln_bin.is_file() {
+        bail!(
+            "`cargo build -p kiln` succeeded but {} is missing",
+            kiln_bin.display()
+        );
+    }
+    let plugins_dir = target_dir
+        .join("plugins")
+        .join(PLUGIN_TARGET)
+        .join("release");
+    println!("KILN_BIN={}", kiln_bin.display());
+    println!("KILN_PLUGINS_DIR={}", plugins_dir.display());
+
+    let mut test = cargo(&root);
+    test.args(["test", "--workspace"])
+        .args(cargo_args)
+        .env("KILN_BIN", &kiln_bin)
+        .env("KILN_PLUGINS_DIR", &plugins_dir);
+    let status = test.status().context("cannot run `cargo test`")?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => bail!("`cargo test` was killed: {status}"),
+    })
+}
+
+/// Installs the missing test packages with apt, saying what it installs.
+fn ensure_packages() -> Result<()> {
+    let mut missing = Vec::new();
+    for (package, purpose) in TEST_PACKAGES {
+        if !is_installed(package)? {
+            println!("xtask: installing {package} ({purpose})");
+            missing.push(*package);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    run_checked(Command::new("apt-get").args(["update", "-q"]))
+        .context("apt-get update failed (the test tools are installed as root)")?;
+    run_checked(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .with_context(|| format!("cannot install {}", missing.join(" ")))
+}
+
+fn is_installed(package: &str) -> Result<bool> {
+    let output = Command::new("dpkg-query")
+        .args(["--show", "--showformat=${Status}", package])
+        .output()
+        .context(
+            "cannot run dpkg-query: on a system without apt, install the test tools by hand",
+        )?;
+    // dpkg-query fails for packages it has never heard of: not installed.
+    Ok(output.status.success() && output.stdout == b"install ok installed")
+}
+
+fn ensure_rust_target() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("cannot run rustup: the plugins need the wasm32-wasip2 target")?;
+    if !installed.status.success() {
+        bail!(
+            "`rustup target list --installed` failed: {}",
+            String::from_utf8_lossy(&installed.stderr)
+        );
+    }
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|line| line.trim() == PLUGIN_TARGET)
+    {
+        return Ok(());
+    }
+    println!("xtask: adding the Rust target {PLUGIN_TARGET}");
+    run_checked(Command::new("rustup").args(["target", "add", PLUGIN_TARGET]))
+}
+
+fn workspace_root() -> PathBuf {
+    let xtask = Path::new(env!("CARGO_MANIFEST_DIR"));
+    xtask.parent().unwrap_or(xtask).to_owned()
+}
+
+/// The target directory cargo uses here (`CARGO_TARGET_DIR`, config, or
+/// `<workspace>/target`), as `cargo metadata` reports it.
+fn target_dir(root: &Path) -> Result<PathBuf> {
+    let output = cargo(root)
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .output()
+        .context("cannot run `cargo metadata`")?;
+    if !output.status.success() {
+        bail!(
+            "`cargo metadata` failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("`cargo metadata` printed invalid JSON")?;
+    match metadata["target_directory"].as_str() {
+        Some(dir) => Ok(PathBuf::from(dir)),
+        None => bail!("`cargo metadata` names no target_directory"),
+    }
+}
+
+/// A cargo command in the workspace root, with the toolchain that runs xtask.
+fn cargo(root: &Path) -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root);
+    cmd
+}
+
+fn run_checked(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
