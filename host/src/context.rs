@@ -31,6 +31,8 @@ pub enum ContextError {
     Escapes { path: String },
     #[error("cannot read {path} in the build context: {source}")]
     Io { path: String, source: io::Error },
+    #[error("{0}: fix or remove the pattern")]
+    Ignore(crate::dockerfile::IgnoreError),
     #[error("context file {path:?} is {size} bytes; a plugin may read at most {max} bytes")]
     TooLarge { path: String, size: u64, max: u64 },
 }
@@ -186,6 +188,9 @@ impl ContextTree {
                 });
             }
         };
+        if let Some(e) = ignore.errors().first() {
+            return Err(ContextError::Ignore(e.clone()));
+        }
         Ok(ContextTree {
             root,
             ignore,
@@ -283,15 +288,34 @@ impl ContextTree {
                 source,
             })?;
             let child = rel.join(entry.file_name());
-            if self.is_ignored(&child) {
-                continue;
+            let ignored = self.is_ignored(&child);
+            if !ignored {
+                visit(&child);
             }
-            visit(&child);
-            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            // An exception (`!pattern`) can bring back a path below an
+            // ignored directory, so such directories are still walked.
+            let descend = !ignored || self.ignore.has_exceptions();
+            if descend && entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                 self.walk_to_depth(&child, depth - 1, visit)?;
             }
         }
         Ok(())
+    }
+
+    /// True if anything at or below `rel` survives `.dockerignore`.
+    pub fn keeps_any_below(&self, rel: &Path) -> bool {
+        if !self.is_ignored(rel) {
+            return true;
+        }
+        if !self.ignore.has_exceptions() {
+            return false;
+        }
+        let Ok(entries) = fs::read_dir(self.root.join(rel)) else {
+            return false;
+        };
+        entries
+            .flatten()
+            .any(|e| self.keeps_any_below(&rel.join(e.file_name())))
     }
 
     /// Reads a small context file for a plugin.
@@ -346,11 +370,18 @@ mod tests {
             fs::create_dir_all(p.parent().unwrap()).unwrap();
             fs::write(p, f).unwrap();
         }
-        fs::write(dir.path().join(".dockerignore"), "secret.txt\n").unwrap();
+        fs::write(
+            dir.path().join(".dockerignore"),
+            "secret.txt\nsub\n!sub/d.txt\n",
+        )
+        .unwrap();
         let ctx = ContextTree::new(dir.path().to_owned(), None).unwrap();
         assert_eq!(ctx.glob("*.txt").unwrap(), vec!["a.txt", "b.txt"]);
         assert_eq!(ctx.glob("*/*.txt").unwrap(), vec!["sub/d.txt"]);
         assert!(ctx.stat("secret.txt").is_none());
+        assert!(ctx.stat("sub").is_none());
+        assert!(ctx.keeps_any_below(Path::new("sub")));
+        assert!(!ctx.keeps_any_below(Path::new("secret.txt")));
         assert_eq!(ctx.read_small("a.txt").unwrap(), b"a.txt");
         assert!(ctx.host_path("../etc/passwd").is_err());
     }

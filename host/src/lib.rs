@@ -4,16 +4,16 @@
 //! build contexts and Dockerfile instructions. Modules only depend downwards
 //! in this list.
 
-pub mod cli;
-pub mod logging;
 pub mod build;
+pub mod cli;
 pub mod context;
+pub mod digest;
+pub mod dockerfile;
+pub mod image;
+pub mod layer;
+pub mod logging;
 pub mod plugin;
 pub mod registry;
-pub mod image;
-pub mod snapshot;
 pub mod sandbox;
-pub mod layer;
+pub mod snapshot;
 pub mod store;
-pub mod dockerfile;
-pub mod digest;

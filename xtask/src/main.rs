@@ -82,6 +82,19 @@ fn test(cargo_args: &[OsString]) -> Result<ExitCode> {
     println!("KILN_BIN={}", kiln_bin.display());
     println!("KILN_PLUGINS_DIR={}", plugins_dir.display());
 
+    // The plugins' pure logic is tested natively, in its own workspace.
+    let mut plugin_tests = cargo(&root);
+    plugin_tests
+        .args([
+            "test",
+            "--workspace",
+            "--manifest-path",
+            "plugins/Cargo.toml",
+            "--target-dir",
+        ])
+        .arg(target_dir.join("plugins-native"));
+    run_checked(&mut plugin_tests)?;
+
     let mut test = cargo(&root);
     test.args(["test", "--workspace"])
         .args(cargo_args)

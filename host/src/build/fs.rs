@@ -296,22 +296,34 @@ impl Copy<'_> {
         entries.sort_by_key(|e| e.file_name());
         for entry in entries {
             let child_rel = rel.join(entry.file_name());
-            if self.context.is_ignored(&child_rel) {
-                continue;
-            }
             let src_child = entry.path();
             let dest_child = dest.join(entry.file_name());
             let ft = entry.file_type().map_err(io_at(&src_child))?;
+            // An ignored directory is still created when an exception keeps
+            // something below it, as BuildKit does.
+            let keep = if ft.is_dir() {
+                self.context.keeps_any_below(&child_rel)
+            } else {
+                !self.context.is_ignored(&child_rel)
+            };
+            if !keep {
+                continue;
+            }
             if ft.is_dir() {
-                match fs::symlink_metadata(&dest_child) {
-                    Ok(md) if md.is_dir() => {}
+                let created = match fs::symlink_metadata(&dest_child) {
+                    Ok(md) if md.is_dir() => false,
                     _ => {
                         remove_non_dir(&dest_child)?;
                         fs::create_dir(&dest_child).map_err(io_at(&dest_child))?;
-                        self.set_meta(&src_child, &dest_child, owner)?;
+                        true
                     }
-                }
+                };
                 self.copy_tree(&src_child, &child_rel, &dest_child, owner)?;
+                // After the children, so that writing them does not change
+                // the directory's copied mtime.
+                if created {
+                    self.set_meta(&src_child, &dest_child, owner)?;
+                }
             } else {
                 self.copy_entry(&src_child, &dest_child, owner)?;
             }

@@ -544,14 +544,11 @@ impl Pattern {
                     let mut stop: Option<usize> = None;
                     for pos in (0..=n).rev() {
                         let here = next[pos].map(|_| pos);
-                        stop = if pos == n || s[pos] == '\n' || !self.greedy {
-                            here.or(if pos == n || s[pos] == '\n' {
-                                None
-                            } else {
-                                stop
-                            })
-                        } else {
-                            stop.or(here)
+                        let line_end = pos == n || s[pos] == '\n';
+                        stop = match (line_end, self.greedy) {
+                            (true, _) => here,
+                            (false, true) => stop.or(here),
+                            (false, false) => here.or(stop),
                         };
                         cur[pos] = stop.and_then(|q| next[q]);
                     }
@@ -923,6 +920,19 @@ mod tests {
         assert_eq!(with(&[("F", "ab"), ("R", "<$0>")], "${F/b/$R}"), "a<$0>");
         assert_eq!(with(&[("F", "ab"), ("R", "$1x$$")], "${F//b/$R}"), "a$");
         assert_eq!(with(&[("F", "ab"), ("R", "${0}|$")], "${F//b/$R}"), "ab|$");
+    }
+
+    #[test]
+    fn long_values_and_patterns_do_not_recurse() {
+        let v = "ab".repeat(20_000);
+        let p = "a".repeat(3_000);
+        let e = env(&[("V", &v), ("P", &p)]);
+        assert_eq!(
+            expand_word("${V//a/x}", &e, '\\').unwrap(),
+            "xb".repeat(20_000)
+        );
+        assert_eq!(expand_word("${V#$P}", &e, '\\').unwrap(), v);
+        assert_eq!(expand_word("${V%%b*}", &e, '\\').unwrap(), "a");
     }
 
     #[test]
