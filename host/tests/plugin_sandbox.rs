@@ -63,6 +63,7 @@ fn state() -> wit::State {
         stage_names: vec![None],
         target_platform: "linux/amd64".into(),
         before_first_from: false,
+        escape: "\\".into(),
     }
 }
 

@@ -32,7 +32,11 @@ fn fixture() -> Fixture {
     for d in ["bin", "etc", "tmp"] {
         fs::create_dir_all(lower.join(d)).unwrap();
     }
-    fs::copy(BUSYBOX, lower.join("bin/busybox")).unwrap();
+    // A hard link, not a copy: a freshly written executable can fail with
+    // ETXTBSY while another test thread forks with its descriptor open.
+    if fs::hard_link(BUSYBOX, lower.join("bin/busybox")).is_err() {
+        fs::copy(BUSYBOX, lower.join("bin/busybox")).unwrap();
+    }
     for applet in APPLETS {
         std::os::unix::fs::symlink("busybox", lower.join("bin").join(applet)).unwrap();
     }

@@ -98,8 +98,10 @@ pub fn busybox_rootfs(root: &Path) -> Result<()> {
     fs::copy("/bin/busybox", root.join("bin/busybox"))
         .context("cannot copy /bin/busybox: install the Debian package `busybox-static`")?;
     // Installing the applets by symlinking the listed paths ourselves avoids
-    // chroot, which needs privileges.
-    let listing = command::run(Command::new(root.join("bin/busybox")).arg("--list-full"))?;
+    // chroot, which needs privileges. The listing comes from the original:
+    // executing the fresh copy races with other test threads' forks, which
+    // can briefly hold its write descriptor (ETXTBSY).
+    let listing = command::run(Command::new("/bin/busybox").arg("--list-full"))?;
     for applet in String::from_utf8(listing)?.lines() {
         let link = root.join(applet);
         if link.symlink_metadata().is_err() {

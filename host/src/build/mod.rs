@@ -121,6 +121,8 @@ pub enum BuildError {
         "{keyword} needs an isolated root, but kiln cannot create mount namespaces here ({reason}); run as root or with CAP_SYS_ADMIN (container-root mode is not supported yet)"
     )]
     NoIsolation { keyword: String, reason: String },
+    #[error("{0} is not supported yet by kiln")]
+    NotSupported(String),
     #[error("failed to execute command {command:?}: exit status {code}")]
     RunFailed { command: Vec<String>, code: i32 },
     #[error("base image {reference} lists {layers} layers but {diff_ids} diff_ids in its config")]
@@ -308,7 +310,8 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
                     line: instr.line,
                     keyword: instr.keyword.clone(),
                 })?;
-        let state = stage::handler_state(current.as_ref(), &global_args, &done, opts);
+        let state =
+            stage::handler_state(current.as_ref(), &global_args, &done, opts, parsed.escape);
         let host = scope::Host {
             vars: stage::scope_vars(current.as_ref(), &global_args, instr),
             escape: parsed.escape,

@@ -7,7 +7,7 @@ use super::{BuildError, Options};
 use crate::context::ContextTree;
 use crate::digest::Digest;
 use crate::dockerfile::Instruction;
-use crate::image::config::{ConfigChange, History, ImageConfig, Platform, rfc3339};
+use crate::image::config::{ConfigChange, Healthcheck, History, ImageConfig, Platform, rfc3339};
 use crate::image::manifest::{DOCKER_LAYER_GZIP, Descriptor};
 use crate::layer::apply::{UnpackOptions, Whiteouts, unpack};
 use crate::layer::write::WriteOptions;
@@ -93,6 +93,7 @@ pub fn handler_state(
     global_args: &[wit::Arg],
     done: &[Stage],
     opts: &Options,
+    escape: char,
 ) -> wit::State {
     let mut stage_names: Vec<Option<String>> = done.iter().map(|s| s.name.clone()).collect();
     if let Some(c) = current {
@@ -112,6 +113,7 @@ pub fn handler_state(
         stage_names,
         target_platform: opts.platform.to_string(),
         before_first_from: current.is_none(),
+        escape: escape.to_string(),
     }
 }
 
@@ -239,6 +241,15 @@ impl Stage {
                     self.run(sctx, root, run)?;
                 }
                 wit::Effect::Copy(c) => {
+                    let unsupported = [
+                        ("--from", c.from.is_some()),
+                        ("--link", c.link),
+                        ("--parents", c.parents),
+                        ("--exclude", !c.excludes.is_empty()),
+                    ];
+                    if let Some((flag, _)) = unsupported.iter().find(|(_, given)| *given) {
+                        return Err(BuildError::NotSupported(format!("COPY {flag}")));
+                    }
                     let root = self.step_root(sctx, &mut step, &instr.keyword)?;
                     let owner = self.owner(&root, c.chown.as_deref())?;
                     let chmod = c.chmod.as_deref().map(imagefs::parse_chmod).transpose()?;
@@ -251,6 +262,7 @@ impl Stage {
                     }
                     .run(&root)?;
                 }
+                wit::Effect::Add(_) => return Err(BuildError::NotSupported("ADD".into())),
                 wit::Effect::WriteFile(w) => {
                     let root = self.step_root(sctx, &mut step, &instr.keyword)?;
                     let owner = self
@@ -314,6 +326,15 @@ impl Stage {
             wit::ConfigChange::StopSignal(s) => ConfigChange::StopSignal(s),
             wit::ConfigChange::Shell(s) => ConfigChange::Shell(s),
             wit::ConfigChange::Author(a) => ConfigChange::Author(a),
+            wit::ConfigChange::Healthcheck(h) => ConfigChange::Healthcheck(Healthcheck {
+                test: h.test,
+                interval: h.interval,
+                timeout: h.timeout,
+                start_period: h.start_period,
+                start_interval: h.start_interval,
+                retries: h.retries,
+            }),
+            wit::ConfigChange::Onbuild(t) => ConfigChange::OnBuild(t),
         };
         self.config.apply(&change);
     }
@@ -394,6 +415,12 @@ impl Stage {
     }
 
     fn run(&self, sctx: &StageCtx<'_>, root: PathBuf, run: wit::Run) -> Result<(), BuildError> {
+        if !run.mounts.is_empty() {
+            return Err(BuildError::NotSupported("RUN --mount".into()));
+        }
+        if run.insecure {
+            return Err(BuildError::NotSupported("RUN --security=insecure".into()));
+        }
         let mut env: Vec<(String, String)> = pairs(run.env);
         // ENV wins over ARG for the command's environment, as in Docker.
         for (k, v) in self.config.env() {
@@ -409,7 +436,11 @@ impl Stage {
             cwd: self.config.workdir().unwrap_or_else(|| "/".into()),
             user: self.config.user(),
             hostname: "kiln".into(),
-            network: Network::Host,
+            network: match run.network {
+                // kaniko's RUN shares the host's network; so does kiln's default.
+                wit::NetworkMode::Default | wit::NetworkMode::Host => Network::Host,
+                wit::NetworkMode::None => Network::None,
+            },
         };
         let code = sandbox::run(&spec)?;
         if code != 0 {

@@ -73,6 +73,20 @@ pub enum ConfigChange {
     StopSignal(String),
     Shell(Vec<String>),
     Author(String),
+    Healthcheck(Healthcheck),
+    /// Appends an ONBUILD trigger.
+    OnBuild(String),
+}
+
+/// A `HEALTHCHECK`; durations are nanoseconds, as Docker stores them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Healthcheck {
+    pub test: Vec<String>,
+    pub interval: Option<u64>,
+    pub timeout: Option<u64>,
+    pub start_period: Option<u64>,
+    pub start_interval: Option<u64>,
+    pub retries: Option<u32>,
 }
 
 /// A history entry.
@@ -229,6 +243,17 @@ impl ImageConfig {
         self.map_keys("Volumes")
     }
 
+    /// `OnBuild` triggers, in order.
+    pub fn onbuild(&self) -> Vec<String> {
+        self.string_list("OnBuild").unwrap_or_default()
+    }
+
+    /// Drops the `OnBuild` triggers: a child image runs them, and does not
+    /// pass them on.
+    pub fn clear_onbuild(&mut self) {
+        self.runtime_mut().remove("OnBuild");
+    }
+
     /// `StopSignal`, if set.
     pub fn stop_signal(&self) -> Option<String> {
         self.string("StopSignal")
@@ -317,6 +342,34 @@ impl ImageConfig {
             }
             ConfigChange::Author(a) => {
                 self.root.insert("author".into(), json!(a));
+            }
+            ConfigChange::Healthcheck(h) => {
+                let mut hc = Map::new();
+                hc.insert("Test".into(), json!(h.test));
+                let fields = [
+                    ("Interval", h.interval),
+                    ("Timeout", h.timeout),
+                    ("StartPeriod", h.start_period),
+                    ("StartInterval", h.start_interval),
+                ];
+                for (key, value) in fields {
+                    if let Some(v) = value {
+                        hc.insert(key.into(), json!(v));
+                    }
+                }
+                if let Some(r) = h.retries {
+                    hc.insert("Retries".into(), json!(r));
+                }
+                rt.insert("Healthcheck".into(), Value::Object(hc));
+            }
+            ConfigChange::OnBuild(trigger) => {
+                let list = rt.entry("OnBuild").or_insert_with(|| json!([]));
+                if !list.is_array() {
+                    *list = json!([]);
+                }
+                if let Value::Array(a) = list {
+                    a.push(json!(trigger));
+                }
             }
         }
     }
@@ -526,6 +579,27 @@ mod tests {
         assert_eq!(cfg.exposed_ports(), vec!["80/tcp"]);
         assert_eq!(cfg.volumes(), vec!["/data"]);
         assert_eq!(cfg.shell(), vec!["/bin/bash", "-c"]);
+    }
+
+    #[test]
+    fn healthcheck_and_onbuild_use_dockers_fields() {
+        let mut cfg = ImageConfig::scratch(&Platform::linux_amd64());
+        cfg.apply(&ConfigChange::Healthcheck(Healthcheck {
+            test: vec!["CMD-SHELL".into(), "true".into()],
+            interval: Some(30_000_000_000),
+            retries: Some(3),
+            ..Healthcheck::default()
+        }));
+        cfg.apply(&ConfigChange::OnBuild("RUN a".into()));
+        cfg.apply(&ConfigChange::OnBuild("RUN b".into()));
+        let v: Value = serde_json::from_slice(&cfg.to_canonical_json()).unwrap();
+        assert_eq!(
+            v["config"]["Healthcheck"],
+            json!({"Test": ["CMD-SHELL", "true"], "Interval": 30_000_000_000u64, "Retries": 3})
+        );
+        assert_eq!(cfg.onbuild(), vec!["RUN a", "RUN b"]);
+        cfg.clear_onbuild();
+        assert!(cfg.onbuild().is_empty());
     }
 
     #[test]

@@ -27,3 +27,27 @@ pub mod context {
 pub const INSTRUCTION_HANDLER_EXPORT: &str = "kiln:plugin/instruction-handler@0.1.0";
 /// See [`INSTRUCTION_HANDLER_EXPORT`].
 pub const CONTEXT_SOURCE_EXPORT: &str = "kiln:plugin/context-source@0.1.0";
+
+#[cfg(test)]
+mod tests {
+    /// A released WIT version is a contract with plugins already built
+    /// against it: any change must come with a version bump.
+    #[test]
+    fn the_current_wit_matches_its_frozen_release() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../wit");
+        let current = std::fs::read_to_string(format!("{root}/plugin.wit")).unwrap();
+        let version = current
+            .lines()
+            .find_map(|l| l.strip_prefix("package kiln:plugin@"))
+            .and_then(|v| v.strip_suffix(';'))
+            .expect("plugin.wit declares package kiln:plugin@<version>;");
+        assert!(super::INSTRUCTION_HANDLER_EXPORT.ends_with(&format!("@{version}")));
+        let frozen_path = format!("{root}/frozen/v{version}/plugin.wit");
+        let frozen =
+            std::fs::read_to_string(&frozen_path).unwrap_or_else(|e| panic!("{frozen_path}: {e}"));
+        assert_eq!(
+            current, frozen,
+            "wit/plugin.wit differs from {frozen_path}: bump the version instead"
+        );
+    }
+}

@@ -4,8 +4,8 @@
 use std::fmt::Display;
 
 use kiln_plugin_sdk::{
-    Arg, ConfigChange, CopyFiles, Effect, Instruction, KeyValue, MakeDir, Outcome, PluginError,
-    Run, StageStart, State,
+    Arg, ConfigChange, CopyFiles, Effect, Instruction, KeyValue, MakeDir, NetworkMode, Outcome,
+    PluginError, Run, StageStart, State,
 };
 
 use crate::flags::{self, Flags, Kind, Spec};
@@ -256,6 +256,9 @@ impl<H: Expander> Cx<'_, H> {
         Ok(Outcome::new(vec![Effect::Run(Run {
             argv,
             env: self.run_env(),
+            mounts: Vec::new(),
+            network: NetworkMode::Default,
+            insecure: false,
         })])
         .created_by(created_by))
     }
@@ -416,9 +419,13 @@ impl<H: Expander> Cx<'_, H> {
         created_by.push_str(&format!(" {dest} # buildkit"));
         Ok(Outcome::new(vec![Effect::Copy(CopyFiles {
             sources,
+            from: None,
             dest: paths::copy_destination(self.current_workdir(), &dest),
             chown,
             chmod,
+            link: false,
+            parents: false,
+            excludes: Vec::new(),
         })])
         .created_by(created_by))
     }
@@ -759,6 +766,7 @@ mod tests {
             stage_names: Vec::new(),
             target_platform: "linux/amd64".to_owned(),
             before_first_from: false,
+            escape: "\\".into(),
         }
     }
 
@@ -851,6 +859,9 @@ mod tests {
                     KeyValue::new("A", "2"),
                     KeyValue::new("http_proxy", "http://proxy")
                 ],
+                mounts: Vec::new(),
+                network: NetworkMode::Default,
+                insecure: false,
             })
         );
         assert_eq!(
@@ -937,9 +948,13 @@ mod tests {
             only_effect(&outcome),
             &Effect::Copy(CopyFiles {
                 sources: strings(&["a.txt", "/srv/b/"]),
+                from: None,
                 dest: "/app/sub/".into(),
                 chown: Some("app:app".into()),
                 chmod: Some("0755".into()),
+                link: false,
+                parents: false,
+                excludes: Vec::new(),
             })
         );
         assert_eq!(

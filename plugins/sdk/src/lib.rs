@@ -50,8 +50,9 @@ mod logging;
 
 pub use bindings::instruction::kiln::plugin::host::{FileKind, FileStat};
 pub use bindings::instruction::kiln::plugin::instruction_types::{
-    Arg, ConfigChange, CopyFiles, Effect, Flag, Heredoc, ImageConfig, Instruction, MakeDir,
-    Outcome, Position, Run, StageStart, State, WriteFile,
+    AddFiles, Arg, CacheSharing, ConfigChange, CopyFiles, Effect, Flag, Healthcheck, Heredoc,
+    ImageConfig, Instruction, MakeDir, MountKind, NetworkMode, Outcome, Position, Run, RunMount,
+    StageStart, State, WriteFile,
 };
 pub use bindings::instruction::kiln::plugin::types::{KeyValue, LogLevel, PluginError};
 #[doc(hidden)]
