@@ -3,6 +3,7 @@
 //! variables. A kaniko flag that kiln does not implement yet is accepted by
 //! the parser only to fail with a clear "not supported yet" error.
 
+use crate::build::SecretSource;
 use crate::logging::Format;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -76,6 +77,15 @@ pub struct BuildArgs {
     /// Print wall-clock timestamps instead of elapsed seconds.
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
     pub log_timestamp: bool,
+    /// Build secret for `RUN --mount=type=secret`: `id=ID[,src=FILE|,env=VAR]` (repeatable).
+    #[arg(long = "secret")]
+    pub secrets: Vec<String>,
+    /// SSH agent for `RUN --mount=type=ssh`: `default` or `ID[=SOCKET]` (repeatable).
+    #[arg(long = "ssh")]
+    pub ssh: Vec<String>,
+    /// Build only the stages the target needs (always the case; kept for kaniko).
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = true, default_missing_value = "true")]
+    pub skip_unused_stages: bool,
     #[command(flatten)]
     pub not_yet: NotYet,
 }
@@ -92,8 +102,6 @@ pub struct NotYet {
     image_name_with_digest_file: Option<String>,
     #[arg(long, hide = true)]
     image_name_tag_with_digest_file: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    skip_unused_stages: Option<String>,
     #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     reproducible: Option<String>,
     #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
@@ -169,7 +177,7 @@ pub struct NotYet {
 impl NotYet {
     /// The first unimplemented flag the user gave, as `--name`.
     pub fn first_given(&self) -> Option<&'static str> {
-        let flags: [(&'static str, bool); 40] = [
+        let flags: [(&'static str, bool); 39] = [
             ("--context-sub-path", self.context_sub_path.is_some()),
             ("--tar-path", self.tar_path.is_some()),
             (
@@ -180,7 +188,6 @@ impl NotYet {
                 "--image-name-tag-with-digest-file",
                 self.image_name_tag_with_digest_file.is_some(),
             ),
-            ("--skip-unused-stages", self.skip_unused_stages.is_some()),
             ("--reproducible", self.reproducible.is_some()),
             ("--cache", self.cache.is_some()),
             ("--cache-repo", self.cache_repo.is_some()),
@@ -254,6 +261,51 @@ impl NotYet {
             .into_iter()
             .find(|(_, given)| *given)
             .map(|(name, _)| name)
+    }
+}
+
+/// Parses `--secret id=ID[,src=FILE|,source=FILE|,env=VAR]`, BuildKit's
+/// syntax; without src or env the secret is the environment variable ID.
+pub fn parse_secret(spec: &str) -> Result<(String, SecretSource), String> {
+    let mut id = None;
+    let mut source = None;
+    for field in spec.split(',') {
+        let (k, v) = field
+            .split_once('=')
+            .ok_or_else(|| format!("invalid --secret {spec:?}: {field:?} is not KEY=VALUE"))?;
+        match k {
+            "id" => id = Some(v.to_owned()),
+            "src" | "source" => source = Some(SecretSource::File(PathBuf::from(v))),
+            "env" => source = Some(SecretSource::Env(v.to_owned())),
+            "type" if v == "file" || v == "env" => {}
+            _ => {
+                return Err(format!(
+                    "invalid --secret {spec:?}: unknown key {k:?} (use id, src or env)"
+                ));
+            }
+        }
+    }
+    let id = id
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| format!("invalid --secret {spec:?}: id= is required"))?;
+    let source = source.unwrap_or_else(|| SecretSource::Env(id.clone()));
+    Ok((id, source))
+}
+
+/// Parses `--ssh default` or `--ssh ID=SOCKET`; a bare id uses `$SSH_AUTH_SOCK`.
+pub fn parse_ssh(spec: &str, auth_sock: Option<&str>) -> Result<(String, PathBuf), String> {
+    match spec.split_once('=') {
+        Some((id, path)) if !id.is_empty() && !path.is_empty() => {
+            Ok((id.to_owned(), PathBuf::from(path)))
+        }
+        Some(_) => Err(format!("invalid --ssh {spec:?}: expected ID or ID=SOCKET")),
+        None => auth_sock
+            .map(|s| (spec.to_owned(), PathBuf::from(s)))
+            .ok_or_else(|| {
+                format!(
+                    "--ssh {spec}: SSH_AUTH_SOCK is not set; give the agent socket as {spec}=PATH"
+                )
+            }),
     }
 }
 
@@ -333,6 +385,33 @@ mod tests {
         assert_eq!(args, vec!["/kaniko/executor", "build", "--no-push"]);
         let args = normalise_args(vec!["kiln".into(), "build".into()]);
         assert_eq!(args, vec!["kiln", "build"]);
+    }
+
+    #[test]
+    fn secrets_and_ssh_specs() {
+        assert_eq!(
+            parse_secret("id=tok,src=/s").unwrap(),
+            ("tok".into(), SecretSource::File("/s".into()))
+        );
+        assert_eq!(
+            parse_secret("id=tok,env=T").unwrap(),
+            ("tok".into(), SecretSource::Env("T".into()))
+        );
+        assert_eq!(
+            parse_secret("id=TOK").unwrap(),
+            ("TOK".into(), SecretSource::Env("TOK".into()))
+        );
+        assert!(parse_secret("src=/s").is_err());
+        assert!(parse_secret("id=a,bogus=1").is_err());
+        assert_eq!(
+            parse_ssh("default", Some("/agent")).unwrap(),
+            ("default".into(), "/agent".into())
+        );
+        assert_eq!(
+            parse_ssh("gh=/s.sock", None).unwrap(),
+            ("gh".into(), "/s.sock".into())
+        );
+        assert!(parse_ssh("default", None).is_err());
     }
 
     #[test]

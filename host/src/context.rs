@@ -173,7 +173,7 @@ pub struct Stat {
 }
 
 impl ContextTree {
-    fn new(
+    pub(crate) fn new(
         root: PathBuf,
         unpacked: Option<tempfile::TempDir>,
     ) -> Result<ContextTree, ContextError> {
@@ -196,6 +196,30 @@ impl ContextTree {
             ignore,
             _unpacked: unpacked,
         })
+    }
+
+    /// Uses `<Dockerfile>.dockerignore` instead of the context's
+    /// `.dockerignore` when it exists, as BuildKit does.
+    pub fn use_dockerfile_ignore(&mut self, dockerfile: &Path) -> Result<(), ContextError> {
+        let mut name = dockerfile.as_os_str().to_owned();
+        name.push(".dockerignore");
+        let path = PathBuf::from(name);
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                let ignore = Ignore::parse(&text);
+                if let Some(e) = ignore.errors().first() {
+                    return Err(ContextError::Ignore(e.clone()));
+                }
+                log::debug!("using {} for .dockerignore rules", path.display());
+                self.ignore = ignore;
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(ContextError::Io {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
     }
 
     /// The directory the context lives in.

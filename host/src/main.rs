@@ -52,6 +52,19 @@ fn build_options(args: &BuildArgs, isolation: Result<(), String>) -> anyhow::Res
     })?;
     let labels = cli::parse_labels(&args.labels).map_err(anyhow::Error::msg)?;
     let init_exe = std::fs::read_link("/proc/self/exe")?;
+    let secrets = args
+        .secrets
+        .iter()
+        .map(|s| cli::parse_secret(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let auth_sock = std::env::var("SSH_AUTH_SOCK").ok();
+    let ssh = args
+        .ssh
+        .iter()
+        .map(|s| cli::parse_ssh(s, auth_sock.as_deref()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
     Ok(Options {
         dockerfile: args.dockerfile.clone(),
         context: args.context.clone(),
@@ -71,6 +84,8 @@ fn build_options(args: &BuildArgs, isolation: Result<(), String>) -> anyhow::Res
             .unwrap_or_else(build::default_kiln_dir),
         init_exe,
         isolation,
+        secrets,
+        ssh,
     })
 }
 

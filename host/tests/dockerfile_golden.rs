@@ -9,6 +9,16 @@ fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/dockerfile")
 }
 
+fn golden_inputs() -> Vec<PathBuf> {
+    let mut inputs: Vec<PathBuf> = std::fs::read_dir(golden_dir())
+        .expect("golden directory is readable")
+        .map(|entry| entry.expect("golden directory entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "Dockerfile"))
+        .collect();
+    inputs.sort();
+    inputs
+}
+
 fn render(source: &str) -> String {
     let json = match kiln::dockerfile::parse(source) {
         Ok(dockerfile) => serde_json::to_string_pretty(&dockerfile),
@@ -20,15 +30,10 @@ fn render(source: &str) -> String {
 #[test]
 fn dockerfiles_parse_to_their_golden_json() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1");
-    let mut inputs: Vec<PathBuf> = std::fs::read_dir(golden_dir())
-        .expect("golden directory is readable")
-        .map(|entry| entry.expect("golden directory entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "Dockerfile"))
-        .collect();
-    inputs.sort();
+    let inputs = golden_inputs();
     assert!(
-        inputs.len() >= 12,
-        "expected at least 12 golden Dockerfiles, found {}",
+        inputs.len() >= 80,
+        "expected at least 80 golden Dockerfiles, found {}",
         inputs.len()
     );
 
@@ -56,4 +61,28 @@ fn dockerfiles_parse_to_their_golden_json() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Cases named `error_*` are exactly the ones that fail, and their errors print
+/// with both line and column, which the build prefixes with the file name.
+#[test]
+fn errors_carry_line_and_column() {
+    let mut errors = 0;
+    for input in golden_inputs() {
+        let source = std::fs::read_to_string(&input).expect("golden Dockerfile is UTF-8");
+        let name = input.file_stem().unwrap().to_string_lossy().into_owned();
+        match kiln::dockerfile::parse(&source) {
+            Ok(_) => assert!(!name.starts_with("error_"), "{name} parses"),
+            Err(e) => {
+                assert!(name.starts_with("error_"), "{name} fails: {e}");
+                assert!(e.line >= 1 && e.column >= 1, "{name}: {e:?}");
+                assert_eq!(
+                    e.to_string(),
+                    format!("line {}, column {}: {}", e.line, e.column, e.message)
+                );
+                errors += 1;
+            }
+        }
+    }
+    assert!(errors >= 20, "only {errors} error cases");
 }

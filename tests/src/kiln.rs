@@ -1,13 +1,15 @@
 //! Running the real `kiln` binary.
 
+use crate::buildah::BuildSpec;
 use crate::command;
+use crate::registry::Registry;
 use anyhow::{Context, Result, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use std::env;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use tempfile::TempDir;
 
@@ -94,6 +96,34 @@ where
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     })
+}
+
+/// Builds `spec` with kiln and pushes it to `registry` as `repo_tag`,
+/// pulling from and pushing to that registry over plain HTTP; `kaniko_dir`
+/// lets several builds share precompiled plugins and pulled layers.
+pub fn kiln_build(
+    spec: &BuildSpec,
+    registry: &Registry,
+    repo_tag: &str,
+    kaniko_dir: Option<&Path>,
+) -> Result<KilnOutput> {
+    let mut args: Vec<OsString> = vec![
+        "build".into(),
+        "--context".into(),
+        spec.context.clone().into(),
+        "--dockerfile".into(),
+        spec.dockerfile.clone().into(),
+        "--destination".into(),
+        registry.reference(repo_tag).into(),
+        "--insecure-registry".into(),
+        registry.addr().into(),
+    ];
+    args.extend(spec.shape_flags());
+    if let Some(dir) = kaniko_dir {
+        args.push("--kaniko-dir".into());
+        args.push(dir.into());
+    }
+    run_kiln(args, &[])
 }
 
 /// The kiln binary: `$KILN_BIN`, else `kiln` beside the test's `deps/` directory.

@@ -1,18 +1,32 @@
 //! Harness for kiln's end-to-end tests: real registries, real base images and
-//! independent tools (skopeo, umoci) to check what the real `kiln` binary built.
+//! independent tools (skopeo, umoci, and buildah as an oracle) to check what
+//! the real `kiln` binary built.
 //!
 //! Every helper owns what it starts or writes and cleans it up on drop, so each
 //! test runs against its own registry and scratch directories.
 
 mod base;
+mod buildah;
+mod cases;
 mod command;
+mod compare;
 mod context;
+mod expected;
+mod http;
 mod image;
 mod kiln;
 mod registry;
 
 pub use base::{APP_ID, BaseImage, add_data_files, busybox_rootfs};
+pub use buildah::{BuildSpec, Buildah, mounts_under};
+pub use cases::{Case, TAR_OWNER};
+pub use compare::{
+    CONFIG_FIELDS, Comparison, ImageView, Node, NodeKind, Tree, compare_images, config_view,
+    diff_configs, diff_trees,
+};
 pub use context::BuildContext;
+pub use expected::check_expected;
+pub use http::FileServer;
 pub use image::{Entry, EntryKind, Flattened, Image};
-pub use kiln::{KilnOutput, docker_config, kiln_bin, plugin_path, run_kiln};
+pub use kiln::{KilnOutput, docker_config, kiln_bin, kiln_build, plugin_path, run_kiln};
 pub use registry::Registry;

@@ -2,7 +2,10 @@
 //! these fail, the end-to-end tests' failures say nothing about kiln.
 
 use anyhow::Result;
-use kiln_e2e::{APP_ID, BaseImage, EntryKind, Image, Registry};
+use kiln_e2e::{
+    APP_ID, BaseImage, BuildContext, BuildSpec, Buildah, EntryKind, Image, ImageView, Registry,
+    compare_images, mounts_under,
+};
 use std::process::Command;
 
 #[test]
@@ -125,5 +128,79 @@ fn untagged_oci_layout_is_readable() -> Result<()> {
     assert_eq!(image.config()?["config"]["Cmd"], serde_json::json!(["sh"]));
     assert_eq!(image.layer_count()?, 1);
     assert!(image.flatten()?.exists("/bin/busybox"));
+    Ok(())
+}
+
+#[test]
+fn buildah_oracle_builds_compares_and_cleans_up() -> Result<()> {
+    let registry = Registry::start()?;
+    let base = BaseImage::busybox()?.push(&registry, "library/busybox:latest")?;
+    let one = BuildContext::with_dockerfile(&format!(
+        "FROM {base}\nRUN mkdir /o && echo one > /o/f && chmod 640 /o/f\nENV A=1\n"
+    ))?;
+    let two = BuildContext::with_dockerfile(&format!(
+        "FROM {base}\nRUN mkdir /o && echo one > /o/f && chmod 600 /o/f\nENV A=2\n"
+    ))?;
+    let staged = BuildContext::with_dockerfile(&format!(
+        "FROM {base} AS wanted\nARG X\nRUN echo \"$X\" > /x\nFROM {base}\nRUN exit 1\n"
+    ))?;
+    let buildah = Buildah::new()?;
+    let dir = buildah.dir().to_owned();
+    buildah.build_and_push(&BuildSpec::new(one.path()), &registry.reference("o/one:1"))?;
+    buildah.build_and_push(&BuildSpec::new(two.path()), &registry.reference("o/two:1"))?;
+    let spec = BuildSpec {
+        build_args: vec![("X".into(), "42".into())],
+        target: Some("wanted".into()),
+        ..BuildSpec::new(staged.path())
+    };
+    buildah.build_and_push(&spec, &registry.reference("o/staged:1"))?;
+    assert_eq!(buildah.mounts()?, Vec::<std::path::PathBuf>::new());
+
+    let base = ImageView::read(&registry.image("library/busybox:latest"))?;
+    let one = ImageView::read(&registry.image("o/one:1"))?;
+    let two = ImageView::read(&registry.image("o/two:1"))?;
+    assert_eq!(two.root.read("/o/f")?, "one\n");
+    let staged = ImageView::read(&registry.image("o/staged:1"))?;
+    assert_eq!(one.root.read("/o/f")?, "one\n");
+    assert_eq!(staged.root.read("/x")?, "42\n");
+    assert!(one.compare(&one, ("a", "b")).is_match());
+
+    // What buildah's RUN leaves behind (/etc/hosts, /proc, ...) is not a
+    // difference; what the Dockerfile did is.
+    let added = base.compare(&one, ("base", "one")).differences;
+    assert_eq!(added.len(), 3, "{added:#?}");
+    assert!(
+        added[0].starts_with("/o: only in one (dir 0755 0:0"),
+        "{added:#?}"
+    );
+    assert!(
+        added[1].starts_with("/o/f: only in one (file 4 bytes"),
+        "{added:#?}"
+    );
+    assert!(added[2].starts_with("config Env: base ["), "{added:#?}");
+
+    drop(two);
+    let changed = compare_images(
+        &registry.image("o/one:1"),
+        &registry.image("o/two:1"),
+        ("one", "two"),
+    )?
+    .differences;
+    assert_eq!(
+        changed,
+        [
+            "/o/f: mode: one 0640, two 0600",
+            "config Env: one [\"A=1\",\"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\"], \
+             two [\"A=2\",\"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\"]"
+        ]
+    );
+
+    drop(buildah);
+    let leaked: Vec<_> = mounts_under(std::path::Path::new("/"))?
+        .into_iter()
+        .filter(|mount| mount.starts_with(&dir))
+        .collect();
+    assert!(leaked.is_empty(), "mounts left behind: {leaked:?}");
+    assert!(!dir.exists(), "{} was not removed", dir.display());
     Ok(())
 }

@@ -1,20 +1,33 @@
-//! Filesystem effects inside an image root: COPY from the context,
-//! write-file and make-dir. Paths resolve as if the root were `/`, so a
-//! symlink in the image can never lead a write outside it.
+//! Filesystem effects inside an image root: COPY (from the context or a
+//! root filesystem), ADD (archives and URLs), write-file and make-dir.
+//! Paths resolve as if the root were `/`, so a symlink in the image can
+//! never lead a write outside it.
 
-use crate::context::ContextTree;
+mod add;
+mod archive;
+mod chmod;
+mod copy;
+mod source;
+
+pub use add::Add;
+pub use chmod::parse_chmod;
+pub use copy::Copy;
+pub use source::CopySource;
+
 use crate::sandbox::user::{parse_group, parse_passwd};
-use std::ffi::OsStr;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink};
+use std::os::unix::fs::{PermissionsExt, lchown};
 use std::path::{Component, Path, PathBuf};
 
 /// Filesystem effect failures.
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
-    #[error("COPY source {0:?} not found in the build context (or excluded by .dockerignore)")]
-    SourceNotFound(String),
+    #[error("source {source_path:?} not found in {place}")]
+    SourceNotFound {
+        source_path: String,
+        place: &'static str,
+    },
     #[error(
         "When using COPY with more than one source file, the destination must be a directory and end with a /"
     )]
@@ -23,12 +36,36 @@ pub enum FsError {
     Io { path: String, source: io::Error },
     #[error("invalid --chown {spec:?}: {reason}")]
     Chown { spec: String, reason: String },
-    #[error("invalid --chmod {0:?}: expected an octal mode such as 755")]
-    Chmod(String),
+    #[error(
+        "invalid --chmod {spec:?}: {reason}; use an octal mode such as 755 or symbolic clauses such as u+x,g-w,o=r"
+    )]
+    Chmod { spec: String, reason: String },
+    #[error("invalid source pattern {pattern:?}: {reason}")]
+    BadPattern { pattern: String, reason: String },
+    #[error("invalid --exclude pattern: {0}")]
+    Exclude(crate::dockerfile::IgnoreError),
     #[error("too many levels of symbolic links resolving {0} in the image")]
     SymlinkLoop(String),
     #[error("cannot copy {source_path} onto {dest}: the destination is a directory")]
     FileOntoDir { source_path: String, dest: String },
+    #[error(
+        "cannot copy directory {source_path} onto {dest}: it exists in the image and is not a directory"
+    )]
+    DirOntoNonDir { source_path: String, dest: String },
+    #[error("cannot extract archive {path}: {message}")]
+    Archive { path: String, message: String },
+    #[error("cannot download {url}: {reason}; check the URL and that its server is reachable")]
+    Download { url: String, reason: String },
+    #[error("checksum mismatch for {url}: expected {expected}, got {actual}")]
+    ChecksumMismatch {
+        url: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("invalid --checksum {spec:?}: {reason}")]
+    Checksum { spec: String, reason: String },
+    #[error("ADD of a git repository is not supported yet: {0}")]
+    GitUnsupported(String),
     #[error("{0}")]
     Context(#[from] crate::context::ContextError),
 }
@@ -96,14 +133,6 @@ pub fn resolve_chown(spec: &str, passwd: &str, group: &str) -> Result<Owner, FsE
     Ok(Owner { uid, gid })
 }
 
-/// Parses `--chmod`'s octal mode.
-pub fn parse_chmod(spec: &str) -> Result<u32, FsError> {
-    u32::from_str_radix(spec, 8)
-        .ok()
-        .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| FsError::Chmod(spec.into()))
-}
-
 /// Resolves an absolute image path to a host path under `root`, following
 /// symlinks the way the kernel would inside a chroot at `root`. The last
 /// component is followed only when `follow_last` is set.
@@ -153,6 +182,17 @@ pub fn resolve_in_root(root: &Path, path: &str, follow_last: bool) -> Result<Pat
 /// Creates `path` (absolute in the image) and its missing parents with mode
 /// 0755 and `owner`; existing directories keep their metadata.
 pub fn make_dirs(root: &Path, path: &str, owner: Owner) -> Result<PathBuf, FsError> {
+    make_dirs_mode(root, path, Some(owner), 0o755)
+}
+
+/// Like [`make_dirs`], with the mode of created directories; without an
+/// owner they belong to the builder (root), as in BuildKit.
+fn make_dirs_mode(
+    root: &Path,
+    path: &str,
+    owner: Option<Owner>,
+    mode: u32,
+) -> Result<PathBuf, FsError> {
     let mut current = String::new();
     for c in Path::new(path).components() {
         if let Component::Normal(n) = c {
@@ -172,9 +212,11 @@ pub fn make_dirs(root: &Path, path: &str, owner: Owner) -> Result<PathBuf, FsErr
                 }
                 Err(_) => {
                     fs::create_dir(&host).map_err(io_at(&host))?;
-                    fs::set_permissions(&host, fs::Permissions::from_mode(0o755))
+                    fs::set_permissions(&host, fs::Permissions::from_mode(mode))
                         .map_err(io_at(&host))?;
-                    lchown(&host, Some(owner.uid), Some(owner.gid)).map_err(io_at(&host))?;
+                    if let Some(o) = owner {
+                        lchown(&host, Some(o.uid), Some(o.gid)).map_err(io_at(&host))?;
+                    }
                 }
             }
         }
@@ -218,174 +260,6 @@ fn remove_non_dir(host: &Path) -> Result<(), FsError> {
     }
 }
 
-fn has_glob_meta(s: &str) -> bool {
-    s.contains(['*', '?', '['])
-}
-
-/// One COPY from the context into the image root.
-pub struct Copy<'a> {
-    pub context: &'a ContextTree,
-    pub sources: &'a [String],
-    pub dest: &'a str,
-    pub owner: Option<Owner>,
-    pub chmod: Option<u32>,
-}
-
-impl Copy<'_> {
-    /// Runs the copy into `root` with Docker's semantics: a directory source
-    /// copies its contents, a destination ending in `/` (or an existing
-    /// directory) receives sources by their base names.
-    pub fn run(&self, root: &Path) -> Result<(), FsError> {
-        let mut matched = Vec::new();
-        for src in self.sources {
-            if has_glob_meta(src) {
-                let found = self.context.glob(src)?;
-                if found.is_empty() {
-                    return Err(FsError::SourceNotFound(src.clone()));
-                }
-                matched.extend(found);
-            } else {
-                if self.context.stat(src).is_none() {
-                    return Err(FsError::SourceNotFound(src.clone()));
-                }
-                matched.push(src.clone());
-            }
-        }
-        let owner = self.owner.unwrap_or(Owner::ROOT);
-        let dest_host = resolve_in_root(root, self.dest, true)?;
-        let dest_is_dir = self.dest.ends_with('/')
-            || fs::metadata(&dest_host)
-                .map(|m| m.is_dir())
-                .unwrap_or(false);
-        if matched.len() > 1 && !dest_is_dir {
-            return Err(FsError::DestNotDir);
-        }
-        for src in &matched {
-            let src_host = self.context.host_path(src)?;
-            let md = fs::metadata(&src_host).map_err(io_at(&src_host))?;
-            let rel = crate::context::clean_relative(src).unwrap_or_default();
-            if md.is_dir() {
-                let target = make_dirs(root, self.dest, owner)?;
-                self.copy_tree(&src_host, &rel, &target, owner)?;
-            } else {
-                let (dir, name) = if dest_is_dir {
-                    let name = src_host
-                        .file_name()
-                        .map(OsStr::to_owned)
-                        .unwrap_or_default();
-                    (self.dest.to_owned(), name)
-                } else {
-                    let name = Path::new(self.dest)
-                        .file_name()
-                        .map(OsStr::to_owned)
-                        .unwrap_or_default();
-                    (image_parent(self.dest), name)
-                };
-                let target_dir = make_dirs(root, &dir, owner)?;
-                self.copy_entry(&src_host, &target_dir.join(name), owner)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn copy_tree(&self, src: &Path, rel: &Path, dest: &Path, owner: Owner) -> Result<(), FsError> {
-        let mut entries: Vec<_> = fs::read_dir(src)
-            .map_err(io_at(src))?
-            .collect::<Result<_, _>>()
-            .map_err(io_at(src))?;
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            let child_rel = rel.join(entry.file_name());
-            let src_child = entry.path();
-            let dest_child = dest.join(entry.file_name());
-            let ft = entry.file_type().map_err(io_at(&src_child))?;
-            // An ignored directory is still created when an exception keeps
-            // something below it, as BuildKit does.
-            let keep = if ft.is_dir() {
-                self.context.keeps_any_below(&child_rel)
-            } else {
-                !self.context.is_ignored(&child_rel)
-            };
-            if !keep {
-                continue;
-            }
-            if ft.is_dir() {
-                let created = match fs::symlink_metadata(&dest_child) {
-                    Ok(md) if md.is_dir() => false,
-                    _ => {
-                        remove_non_dir(&dest_child)?;
-                        fs::create_dir(&dest_child).map_err(io_at(&dest_child))?;
-                        true
-                    }
-                };
-                self.copy_tree(&src_child, &child_rel, &dest_child, owner)?;
-                // After the children, so that writing them does not change
-                // the directory's copied mtime.
-                if created {
-                    self.set_meta(&src_child, &dest_child, owner)?;
-                }
-            } else {
-                self.copy_entry(&src_child, &dest_child, owner)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn copy_entry(&self, src: &Path, dest: &Path, owner: Owner) -> Result<(), FsError> {
-        remove_non_dir(dest).map_err(|e| match e {
-            FsError::FileOntoDir { dest, .. } => FsError::FileOntoDir {
-                source_path: src.display().to_string(),
-                dest,
-            },
-            other => other,
-        })?;
-        let md = fs::symlink_metadata(src).map_err(io_at(src))?;
-        if md.file_type().is_symlink() {
-            let target = fs::read_link(src).map_err(io_at(src))?;
-            symlink(&target, dest).map_err(io_at(dest))?;
-            lchown(dest, Some(owner.uid), Some(owner.gid)).map_err(io_at(dest))?;
-            return Ok(());
-        }
-        if !md.is_file() {
-            // Sockets, fifos and devices in a context have no meaning in an image.
-            log::warn!(
-                "skipping {}: not a regular file, directory or symlink",
-                src.display()
-            );
-            return Ok(());
-        }
-        fs::copy(src, dest).map_err(io_at(dest))?;
-        self.set_meta(src, dest, owner)
-    }
-
-    fn set_meta(&self, src: &Path, dest: &Path, owner: Owner) -> Result<(), FsError> {
-        let md = fs::symlink_metadata(src).map_err(io_at(src))?;
-        lchown(dest, Some(owner.uid), Some(owner.gid)).map_err(io_at(dest))?;
-        let mode = self.chmod.unwrap_or(md.mode() & 0o7777);
-        fs::set_permissions(dest, fs::Permissions::from_mode(mode)).map_err(io_at(dest))?;
-        // COPY keeps the source's modification time, as Docker does.
-        let mtime = rustix::fs::Timespec {
-            tv_sec: md.mtime(),
-            tv_nsec: md.mtime_nsec(),
-        };
-        let times = rustix::fs::Timestamps {
-            last_access: mtime,
-            last_modification: mtime,
-        };
-        rustix::fs::utimensat(
-            rustix::fs::CWD,
-            dest,
-            &times,
-            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| FsError::Io {
-            path: dest.display().to_string(),
-            source: e.into(),
-        })?;
-        Ok(())
-    }
-}
-
 /// Reads a small text file of the image (passwd, group); empty if absent.
 pub fn read_image_file(root: &Path, path: &str) -> Result<String, FsError> {
     let host = resolve_in_root(root, path, true)?;
@@ -402,6 +276,7 @@ pub fn read_image_file(root: &Path, path: &str) -> Result<String, FsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{MetadataExt, symlink};
 
     #[test]
     fn chown_resolves_names_and_defaults_gid_to_uid() {
@@ -425,13 +300,6 @@ mod tests {
         assert!(resolve_chown("nobody", passwd, group).is_err());
         assert!(chown_needs_names("app:1"));
         assert!(!chown_needs_names("1:2"));
-    }
-
-    #[test]
-    fn chmod_parses_octal_only() {
-        assert_eq!(parse_chmod("640").unwrap(), 0o640);
-        assert!(parse_chmod("9").is_err());
-        assert!(parse_chmod("u+x").is_err());
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! filesystem step into a layer, and write the image to its outputs.
 
 mod fs;
+mod mounts;
 mod output;
+mod plan;
 mod scope;
 mod stage;
 
@@ -20,6 +22,15 @@ use std::sync::Arc;
 
 pub use fs::FsError;
 pub use output::Outcome;
+
+/// Where a build secret's value comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A file on the host.
+    File(PathBuf),
+    /// An environment variable of kiln's.
+    Env(String),
+}
 
 /// Everything `kiln build` needs to know.
 #[derive(Clone, Debug)]
@@ -45,6 +56,10 @@ pub struct Options {
     /// Whether kiln got a private mount namespace, where steps can mount
     /// their overlays; the reason when it did not.
     pub isolation: Result<(), String>,
+    /// `--secret` ids and where their values come from.
+    pub secrets: Vec<(String, SecretSource)>,
+    /// `--ssh` ids and their agent sockets.
+    pub ssh: Vec<(String, PathBuf)>,
 }
 
 /// Build failures.
@@ -76,33 +91,38 @@ pub enum BuildError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{file}:{line}: {message}")]
+    #[error("{file}:{line}:{column}: {message}")]
     Parse {
         file: String,
         line: u32,
+        column: u32,
         message: String,
     },
     #[error(
-        "{file}:{line}: unknown instruction: {keyword} (no built-in handler or --plugin claims it)"
+        "{file}:{line}:{column}: unknown instruction: {keyword} (no built-in handler or --plugin claims it)"
     )]
     UnknownInstruction {
         file: String,
         line: u32,
+        column: u32,
         keyword: String,
     },
-    #[error("{file}:{line}: {keyword}: {source}")]
+    #[error("{file}:{line}:{column}: {keyword}: {source}")]
     Instruction {
         file: String,
         line: u32,
+        column: u32,
         keyword: String,
         source: Box<BuildError>,
     },
+    #[error("{0}")]
+    Plan(plan::PlanError),
+    #[error("ONBUILD trigger {trigger:?} of the base image is invalid: {message}")]
+    Trigger { trigger: String, message: String },
     #[error("no build stage in current context: the Dockerfile needs a FROM before {keyword}")]
     NoStage { keyword: String },
     #[error("the Dockerfile has no FROM instruction")]
     NoFrom,
-    #[error("target stage {0:?} could not be found")]
-    NoTarget(String),
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
     #[error("invalid image reference {reference:?}: {message}")]
@@ -121,6 +141,8 @@ pub enum BuildError {
         "{keyword} needs an isolated root, but kiln cannot create mount namespaces here ({reason}); run as root or with CAP_SYS_ADMIN (container-root mode is not supported yet)"
     )]
     NoIsolation { keyword: String, reason: String },
+    #[error("RUN --mount: {0}")]
+    Mount(String),
     #[error("{0} is not supported yet by kiln")]
     NotSupported(String),
     #[error("failed to execute command {command:?}: exit status {code}")]
@@ -256,6 +278,90 @@ fn wit_instruction(i: &Instruction) -> wit::Instruction {
     }
 }
 
+/// Asks the handler of each instruction what it means.
+struct Frontend<'a> {
+    rt: &'a Runtime,
+    handlers: &'a HashMap<String, &'a Plugin>,
+    file: &'a str,
+    escape: char,
+    context: Arc<ContextTree>,
+    opts: &'a Options,
+}
+
+impl Frontend<'_> {
+    /// Wraps an error with the instruction's file, line and column.
+    fn at(&self, instr: &Instruction, source: BuildError) -> BuildError {
+        BuildError::Instruction {
+            file: self.file.to_owned(),
+            line: instr.line,
+            column: instr.column,
+            keyword: instr.keyword.clone(),
+            source: Box::new(source),
+        }
+    }
+
+    /// Runs `instr` through its handler with the state of `stage`.
+    fn handle(
+        &self,
+        instr: &Instruction,
+        stage: Option<&Stage>,
+        global_args: &[wit::Arg],
+        names: &[Option<String>],
+    ) -> Result<wit::Outcome, BuildError> {
+        let handler =
+            self.handlers
+                .get(&instr.keyword)
+                .ok_or_else(|| BuildError::UnknownInstruction {
+                    file: self.file.to_owned(),
+                    line: instr.line,
+                    column: instr.column,
+                    keyword: instr.keyword.clone(),
+                })?;
+        let state = stage::handler_state(stage, global_args, names, self.opts, self.escape);
+        let host = scope::Host {
+            vars: stage::scope_vars(stage, global_args, instr),
+            escape: self.escape,
+            context: self.context.clone(),
+        };
+        handler
+            .handle(self.rt, &wit_instruction(instr), &state, Box::new(host))
+            .map_err(|e| self.at(instr, e.into()))
+    }
+}
+
+/// The platform ARGs BuildKit predefines in the global scope.
+fn predefined_args(target: &Platform) -> Vec<wit::Arg> {
+    let build = Platform::linux_amd64();
+    let arg = |name: &str, value: String| wit::Arg {
+        name: name.into(),
+        value: Some(value),
+    };
+    vec![
+        arg("TARGETPLATFORM", target.to_string()),
+        arg("TARGETOS", target.os.clone()),
+        arg("TARGETARCH", target.architecture.clone()),
+        arg("TARGETVARIANT", target.variant.clone().unwrap_or_default()),
+        arg("BUILDPLATFORM", build.to_string()),
+        arg("BUILDOS", build.os.clone()),
+        arg("BUILDARCH", build.architecture.clone()),
+        arg("BUILDVARIANT", build.variant.clone().unwrap_or_default()),
+    ]
+}
+
+/// Build args that never need an ARG: the proxy variables.
+const PROXY_ARGS: [&str; 10] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
 /// Runs a whole build and writes its outputs.
 pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
     let store = Store::open(&opts.kiln_dir)?;
@@ -263,8 +369,10 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
     let plugins = load_plugins(&rt, &opts.plugins)?;
     let handlers = keyword_table(&plugins)?;
 
-    let ctx = Arc::new(context::open(&opts.context, &plugins, &rt, &store)?);
+    let mut ctx = context::open(&opts.context, &plugins, &rt, &store)?;
     let dockerfile_path = locate_dockerfile(opts, &ctx)?;
+    ctx.use_dockerfile_ignore(&dockerfile_path)?;
+    let ctx = Arc::new(ctx);
     let file = dockerfile_path.display().to_string();
     let text =
         std::fs::read_to_string(&dockerfile_path).map_err(|source| BuildError::DockerfileRead {
@@ -274,6 +382,7 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
     let parsed = dockerfile::parse(&text).map_err(|e| BuildError::Parse {
         file: file.clone(),
         line: e.line,
+        column: e.column,
         message: e.message.clone(),
     })?;
     if let Some(syntax) = &parsed.syntax {
@@ -285,90 +394,194 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
         docker_config_dir: None,
         user_agent: format!("kiln/{}", env!("CARGO_PKG_VERSION")),
     })?;
+    let http = ureq::Agent::new_with_defaults();
     let sctx = StageCtx {
+        http: &http,
         store: &store,
         registry: &registry,
         opts,
         context: ctx.clone(),
     };
+    let frontend = Frontend {
+        rt: &rt,
+        handlers: &handlers,
+        file: &file,
+        escape: parsed.escape,
+        context: ctx.clone(),
+        opts,
+    };
 
-    let mut global_args: Vec<wit::Arg> = Vec::new();
-    let mut done: Vec<Stage> = Vec::new();
-    let mut current: Option<Stage> = None;
-    'instructions: for instr in &parsed.instructions {
-        let at = |source: BuildError| BuildError::Instruction {
-            file: file.clone(),
-            line: instr.line,
-            keyword: instr.keyword.clone(),
-            source: Box::new(source),
-        };
-        let handler =
-            handlers
-                .get(&instr.keyword)
-                .ok_or_else(|| BuildError::UnknownInstruction {
-                    file: file.clone(),
-                    line: instr.line,
-                    keyword: instr.keyword.clone(),
-                })?;
-        let state =
-            stage::handler_state(current.as_ref(), &global_args, &done, opts, parsed.escape);
-        let host = scope::Host {
-            vars: stage::scope_vars(current.as_ref(), &global_args, instr),
-            escape: parsed.escape,
-            context: ctx.clone(),
-        };
-        let outcome = handler
-            .handle(&rt, &wit_instruction(instr), &state, Box::new(host))
-            .map_err(|e| at(e.into()))?;
-        if instr.keyword == "FROM" || current.is_none() {
-            for effect in outcome.effects {
-                match effect {
-                    wit::Effect::DeclareArg(a) if current.is_none() => {
-                        upsert_arg(&mut global_args, a)
-                    }
-                    wit::Effect::Stage(s) => {
-                        if let Some(prev) = current.take() {
-                            let reached_target = opts.target.is_some() && prev.name == opts.target;
-                            done.push(prev);
-                            if reached_target {
-                                // Nothing after the target stage can be part of the image.
-                                break 'instructions;
-                            }
-                        }
-                        log::info!("{}", instr.original);
-                        current = Some(Stage::start(&sctx, &s, &done, done.len()).map_err(at)?);
-                    }
-                    _ => {
-                        return Err(BuildError::NoStage {
+    let (globals, stage_slices) = plan::split(&parsed.instructions);
+    let mut global_args = predefined_args(&opts.platform);
+    let mut declared: Vec<String> = Vec::new();
+    for instr in globals {
+        for effect in frontend.handle(instr, None, &global_args, &[])?.effects {
+            match effect {
+                wit::Effect::DeclareArg(a) => {
+                    declared.push(a.name.clone());
+                    upsert_arg(&mut global_args, a);
+                }
+                _ => {
+                    return Err(frontend.at(
+                        instr,
+                        BuildError::NoStage {
                             keyword: instr.keyword.clone(),
-                        });
-                    }
+                        },
+                    ));
                 }
             }
-            continue;
         }
-        let stage = current.as_mut().expect("checked above");
-        log::info!("{}", instr.original);
-        stage.execute(&sctx, instr, outcome).map_err(at)?;
     }
-    if let Some(last) = current {
-        done.push(last);
-    }
-    if done.is_empty() {
+    if stage_slices.is_empty() {
         return Err(BuildError::NoFrom);
     }
-    let mut final_stage = match &opts.target {
-        Some(t) => {
-            let idx = done
-                .iter()
-                .position(|s| s.name.as_deref() == Some(t.as_str()))
-                .ok_or_else(|| BuildError::NoTarget(t.clone()))?;
-            done.swap_remove(idx)
-        }
-        None => done.pop().expect("at least one stage was pushed"),
+
+    let mut plans = Vec::new();
+    let mut starts = Vec::new();
+    let mut names: Vec<Option<String>> = Vec::new();
+    for (index, slice) in stage_slices.into_iter().enumerate() {
+        let from = slice[0];
+        let outcome = frontend.handle(from, None, &global_args, &names)?;
+        let start = match <[wit::Effect; 1]>::try_from(outcome.effects) {
+            Ok([wit::Effect::Stage(start)]) => start,
+            _ => {
+                return Err(frontend.at(
+                    from,
+                    BuildError::NoStage {
+                        keyword: from.keyword.clone(),
+                    },
+                ));
+            }
+        };
+        let name = start.name.as_ref().map(|n| n.to_ascii_lowercase());
+        names.push(name.clone());
+        plans.push(plan::StagePlan {
+            index,
+            name,
+            base: start.image.clone(),
+            from,
+            body: slice[1..].to_vec(),
+            deps: Default::default(),
+        });
+        starts.push(start);
+    }
+    let global_values: HashMap<String, String> = global_args
+        .iter()
+        .filter_map(|a| a.value.clone().map(|v| (a.name.clone(), v)))
+        .collect();
+    let expand_global = |v: &str| {
+        dockerfile::expand_word(v, &|n| global_values.get(n).cloned(), parsed.escape)
+            .unwrap_or_else(|_| v.to_owned())
     };
+    plan::link(&mut plans, &expand_global)
+        .map_err(|(e, instr)| frontend.at(instr, BuildError::Plan(e)))?;
+    let (target, need) = plan::needed(&plans, opts.target.as_deref()).map_err(BuildError::Plan)?;
+    for p in plans.iter().filter(|p| !need[p.index]) {
+        log::info!("Skipping unused stage {}", plan::stage_label(p));
+    }
+    let waves = plan::waves(&plans, &need).map_err(BuildError::Plan)?;
+
+    let mut finished: Vec<Option<Stage>> = (0..plans.len()).map(|_| None).collect();
+    let mut stage_declared: Vec<String> = Vec::new();
+    for wave in waves {
+        let others = stage::Others {
+            stages: &finished,
+            names: &names,
+        };
+        let built: Vec<Result<Stage, BuildError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = wave
+                .iter()
+                .map(|&i| {
+                    let (frontend, sctx, others, global_args) =
+                        (&frontend, &sctx, &others, &global_args);
+                    let (plan, start) = (&plans[i], &starts[i]);
+                    scope.spawn(move || {
+                        build_stage(frontend, sctx, plan, start, others, global_args)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        for (&i, result) in wave.iter().zip(built) {
+            let stage = result?;
+            stage_declared.extend(stage.declared_args());
+            finished[i] = Some(stage);
+        }
+    }
+    declared.extend(stage_declared);
+    let unused: Vec<&str> = opts
+        .build_args
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| !declared.iter().any(|d| d == k) && !PROXY_ARGS.contains(k))
+        .collect();
+    if !unused.is_empty() {
+        log::warn!(
+            "[Warning] One or more build-args [{}] were not consumed",
+            unused.join(" ")
+        );
+    }
+    let mut final_stage = finished[target].take().expect("the target stage was built");
     final_stage.finish(opts);
     output::write(&sctx, &final_stage)
+}
+
+/// Builds one stage: its base, the base image's ONBUILD triggers, then its
+/// own instructions.
+fn build_stage(
+    frontend: &Frontend<'_>,
+    sctx: &StageCtx<'_>,
+    plan: &plan::StagePlan<'_>,
+    start: &wit::StageStart,
+    others: &stage::Others<'_>,
+    global_args: &[wit::Arg],
+) -> Result<Stage, BuildError> {
+    let at = |instr: &Instruction, e| frontend.at(instr, e);
+    log::info!("{}", plan.from.original);
+    let base = match plan::resolve_from(&start.image, &others.names[..plan.index], plan.index) {
+        Ok(plan::FromRef::Stage(i)) => others.stages[i].as_ref(),
+        _ => None,
+    };
+    let mut stage = Stage::start(sctx, plan.index, start, base).map_err(|e| at(plan.from, e))?;
+    let triggers = stage.config.onbuild();
+    stage.config.clear_onbuild();
+    if !triggers.is_empty() {
+        log::info!("Executing {} build triggers", triggers.len());
+    }
+    for trigger in &triggers {
+        let parsed = dockerfile::parse(trigger).map_err(|e| {
+            at(
+                plan.from,
+                BuildError::Trigger {
+                    trigger: trigger.clone(),
+                    message: e.to_string(),
+                },
+            )
+        })?;
+        for instr in &parsed.instructions {
+            let outcome = frontend.handle(instr, Some(&stage), global_args, others.names)?;
+            log::info!("{}", instr.original);
+            stage
+                .execute(sctx, instr, outcome, others)
+                .map_err(|e| at(plan.from, e))?;
+        }
+    }
+    for instr in &plan.body {
+        let outcome = frontend.handle(
+            instr,
+            Some(&stage),
+            global_args,
+            &others.names[..=plan.index],
+        )?;
+        log::info!("{}", instr.original);
+        stage
+            .execute(sctx, instr, outcome, others)
+            .map_err(|e| at(instr, e))?;
+    }
+    Ok(stage)
 }
 
 fn upsert_arg(args: &mut Vec<wit::Arg>, a: wit::Arg) {

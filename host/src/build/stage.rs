@@ -2,6 +2,8 @@
 //! execution of the effects its instructions produce.
 
 use super::fs::{self as imagefs, Copy, Owner};
+use super::mounts;
+use super::plan::{self, FromRef};
 use super::scope::Vars;
 use super::{BuildError, Options};
 use crate::context::ContextTree;
@@ -13,7 +15,7 @@ use crate::layer::apply::{UnpackOptions, Whiteouts, unpack};
 use crate::layer::write::WriteOptions;
 use crate::plugin::wit;
 use crate::registry::{Reference, Registry};
-use crate::sandbox::{self, Network, RunSpec, overlay::OverlayMount};
+use crate::sandbox::{self, Capabilities, Network, RunSpec, overlay::OverlayMount};
 use crate::snapshot::{prune_unchanged_dirs, snapshot_upper};
 use crate::store::Store;
 use std::os::unix::fs::PermissionsExt;
@@ -24,6 +26,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// What every stage shares.
 pub struct StageCtx<'a> {
     pub store: &'a Store,
+    /// HTTP client for `ADD <url>`.
+    pub http: &'a ureq::Agent,
     pub registry: &'a Registry,
     pub opts: &'a Options,
     pub context: Arc<ContextTree>,
@@ -42,7 +46,8 @@ pub struct Layer {
 
 /// A stage being built, or finished.
 pub struct Stage {
-    pub name: Option<String>,
+    /// Position in the Dockerfile.
+    index: usize,
     pub config: ImageConfig,
     pub layers: Vec<Layer>,
     args: Vec<wit::Arg>,
@@ -91,14 +96,10 @@ fn wit_config(c: &ImageConfig) -> wit::ImageConfig {
 pub fn handler_state(
     current: Option<&Stage>,
     global_args: &[wit::Arg],
-    done: &[Stage],
+    names: &[Option<String>],
     opts: &Options,
     escape: char,
 ) -> wit::State {
-    let mut stage_names: Vec<Option<String>> = done.iter().map(|s| s.name.clone()).collect();
-    if let Some(c) = current {
-        stage_names.push(c.name.clone());
-    }
     wit::State {
         config: wit_config(
             &current
@@ -110,7 +111,7 @@ pub fn handler_state(
             .unwrap_or_else(|| global_args.to_vec()),
         global_args: global_args.to_vec(),
         build_args: kv(opts.build_args.clone()),
-        stage_names,
+        stage_names: names.to_vec(),
         target_platform: opts.platform.to_string(),
         before_first_from: current.is_none(),
         escape: escape.to_string(),
@@ -141,23 +142,54 @@ pub fn scope_vars(current: Option<&Stage>, global_args: &[wit::Arg], instr: &Ins
     }
 }
 
+/// The finished stages a stage may read from, by index, and every stage's
+/// name.
+pub struct Others<'a> {
+    pub stages: &'a [Option<Stage>],
+    pub names: &'a [Option<String>],
+}
+
 /// The upper, work and merged directories of one filesystem step.
-struct Step {
+pub struct Step {
     upper: tempfile::TempDir,
-    _work: tempfile::TempDir,
-    merged: tempfile::TempDir,
-    mount: OverlayMount,
+    /// The overlay and its work and merged dirs; none for a `--link` step,
+    /// which writes straight into its upper dir.
+    overlay: Option<(OverlayMount, tempfile::TempDir, tempfile::TempDir)>,
+}
+
+impl Step {
+    /// The root the step sees and writes into.
+    pub fn merged_path(&self) -> &std::path::Path {
+        match &self.overlay {
+            Some((_, _, merged)) => merged.path(),
+            None => self.upper.path(),
+        }
+    }
+
+    /// A step whose layer is built from nothing, for `COPY --link`.
+    fn linked(store: &Store) -> Result<Step, BuildError> {
+        let upper = store.temp_dir("link-")?;
+        std::fs::set_permissions(upper.path(), std::fs::Permissions::from_mode(0o755)).map_err(
+            |source| BuildError::Output {
+                path: upper.path().to_owned(),
+                source,
+            },
+        )?;
+        Ok(Step {
+            upper,
+            overlay: None,
+        })
+    }
 }
 
 impl Stage {
-    /// Starts a stage from `FROM`: a previous stage, `scratch`, or an image.
+    /// Starts stage `index` from `FROM`: a previous stage, `scratch`, or an image.
     pub fn start(
         sctx: &StageCtx<'_>,
+        index: usize,
         s: &wit::StageStart,
-        done: &[Stage],
-        _index: usize,
+        base: Option<&Stage>,
     ) -> Result<Stage, BuildError> {
-        let name = s.name.clone().map(|n| n.to_ascii_lowercase());
         let platform = match &s.platform {
             Some(p) => Platform::parse(p).ok_or_else(|| BuildError::Reference {
                 reference: p.clone(),
@@ -166,56 +198,21 @@ impl Stage {
             None => sctx.opts.platform.clone(),
         };
         let blank = |config, layers| Stage {
-            name: name.clone(),
+            index,
             config,
             layers,
             args: Vec::new(),
             cmd_set: false,
             unpacked: false,
         };
-        if let Some(prev) = done.iter().rev().find(|d| {
-            d.name
-                .as_deref()
-                .is_some_and(|n| n.eq_ignore_ascii_case(&s.image))
-        }) {
+        if let Some(prev) = base {
             return Ok(blank(prev.config.clone(), prev.layers.clone()));
         }
         if s.image.eq_ignore_ascii_case("scratch") {
             log::info!("No base image, nothing to extract");
             return Ok(blank(ImageConfig::scratch(&platform), Vec::new()));
         }
-        let reference = Reference::parse(&s.image).map_err(|e| BuildError::Reference {
-            reference: s.image.clone(),
-            message: e.to_string(),
-        })?;
-        log::info!("Retrieving image manifest {}", s.image);
-        let pulled = sctx
-            .registry
-            .pull_manifest(&reference, &platform.to_string())?;
-        log::info!(
-            "Retrieving image {reference} from registry {}",
-            reference.registry
-        );
-        let config = ImageConfig::parse(&pulled.config)?;
-        let diff_ids = config.diff_ids()?;
-        if diff_ids.len() != pulled.manifest.layers.len() {
-            return Err(BuildError::LayerCountMismatch {
-                reference: reference.to_string(),
-                layers: pulled.manifest.layers.len(),
-                diff_ids: diff_ids.len(),
-            });
-        }
-        let layers = pulled
-            .manifest
-            .layers
-            .iter()
-            .zip(diff_ids)
-            .map(|(desc, diff_id)| Layer {
-                desc: desc.clone(),
-                diff_id,
-                source: Some(reference.clone()),
-            })
-            .collect();
+        let (config, layers) = pull(sctx, &s.image, &platform)?;
         Ok(blank(config, layers))
     }
 
@@ -225,6 +222,7 @@ impl Stage {
         sctx: &StageCtx<'_>,
         instr: &Instruction,
         outcome: wit::Outcome,
+        others: &Others<'_>,
     ) -> Result<(), BuildError> {
         let mut step: Option<Step> = None;
         for effect in outcome.effects {
@@ -237,43 +235,68 @@ impl Stage {
                     });
                 }
                 wit::Effect::Run(run) => {
-                    let root = self.step_root(sctx, &mut step, &instr.keyword)?;
-                    self.run(sctx, root, run)?;
+                    let root = self.step_root(sctx, &mut step, &instr.keyword, false)?;
+                    self.run(sctx, others, root, run)?;
                 }
                 wit::Effect::Copy(c) => {
-                    let unsupported = [
-                        ("--from", c.from.is_some()),
-                        ("--link", c.link),
-                        ("--parents", c.parents),
-                        ("--exclude", !c.excludes.is_empty()),
-                    ];
-                    if let Some((flag, _)) = unsupported.iter().find(|(_, given)| *given) {
-                        return Err(BuildError::NotSupported(format!("COPY {flag}")));
-                    }
-                    let root = self.step_root(sctx, &mut step, &instr.keyword)?;
-                    let owner = self.owner(&root, c.chown.as_deref())?;
+                    let root = self.step_root(sctx, &mut step, &instr.keyword, c.link)?;
+                    let owner = self.owner(sctx, &root, c.chown.as_deref(), c.link)?;
                     let chmod = c.chmod.as_deref().map(imagefs::parse_chmod).transpose()?;
+                    // Held until the copy is done: the mounted root of --from.
+                    let from_root = c
+                        .from
+                        .as_deref()
+                        .map(|f| self.other_root(sctx, others, f))
+                        .transpose()?;
+                    let source = match &from_root {
+                        Some(r) => imagefs::CopySource::Root(r.merged_path()),
+                        None => imagefs::CopySource::Context(&sctx.context),
+                    };
                     Copy {
-                        context: &sctx.context,
+                        source,
                         sources: &c.sources,
                         dest: &c.dest,
                         owner,
-                        chmod,
+                        chmod: chmod.as_ref(),
+                        parents: c.parents,
+                        excludes: &c.excludes,
                     }
                     .run(&root)?;
                 }
-                wit::Effect::Add(_) => return Err(BuildError::NotSupported("ADD".into())),
+                wit::Effect::Add(a) => {
+                    if a.keep_git_dir {
+                        return Err(BuildError::NotSupported(
+                            "ADD --keep-git-dir (git sources)".into(),
+                        ));
+                    }
+                    let root = self.step_root(sctx, &mut step, &instr.keyword, a.link)?;
+                    let owner = self.owner(sctx, &root, a.chown.as_deref(), a.link)?;
+                    let chmod = a.chmod.as_deref().map(imagefs::parse_chmod).transpose()?;
+                    let scratch = sctx.store.temp_dir("add-")?;
+                    imagefs::Add {
+                        context: &sctx.context,
+                        sources: &a.sources,
+                        dest: &a.dest,
+                        owner,
+                        chmod: chmod.as_ref(),
+                        excludes: &a.excludes,
+                        checksum: a.checksum.as_deref(),
+                        agent: sctx.http,
+                        scratch: scratch.path(),
+                    }
+                    .run(&root)?;
+                }
                 wit::Effect::WriteFile(w) => {
-                    let root = self.step_root(sctx, &mut step, &instr.keyword)?;
+                    let root = self.step_root(sctx, &mut step, &instr.keyword, false)?;
                     let owner = self
-                        .owner(&root, w.chown.as_deref())?
+                        .owner(sctx, &root, w.chown.as_deref(), false)?
                         .unwrap_or(Owner::ROOT);
                     imagefs::write_file(&root, &w.path, &w.content, w.mode, owner)?;
                 }
                 wit::Effect::MakeDir(m) => {
-                    let root = self.step_root(sctx, &mut step, &instr.keyword)?;
+                    let root = self.step_root(sctx, &mut step, &instr.keyword, false)?;
                     let owner = self
-                        .owner(&root, m.chown.as_deref())?
+                        .owner(sctx, &root, m.chown.as_deref(), false)?
                         .unwrap_or(Owner::ROOT);
                     imagefs::make_dirs(&root, &m.path, owner)?;
                 }
@@ -339,45 +362,59 @@ impl Stage {
         self.config.apply(&change);
     }
 
+    /// Resolves `--chown`. Names are looked up in the stage's own
+    /// passwd and group files, which a `--link` step has to mount to see.
     fn owner(
-        &self,
+        &mut self,
+        sctx: &StageCtx<'_>,
         root: &std::path::Path,
         chown: Option<&str>,
+        link: bool,
     ) -> Result<Option<Owner>, BuildError> {
         let Some(spec) = chown else { return Ok(None) };
-        let (passwd, group) = if imagefs::chown_needs_names(spec) {
-            (
-                imagefs::read_image_file(root, "/etc/passwd")?,
-                imagefs::read_image_file(root, "/etc/group")?,
-            )
+        if !imagefs::chown_needs_names(spec) {
+            return Ok(Some(imagefs::resolve_chown(spec, "", "")?));
+        }
+        let probe = if link {
+            self.extract_layers(sctx, "COPY --link --chown")?;
+            Some(open_step(sctx.store, &self.layers)?)
         } else {
-            (String::new(), String::new())
+            None
         };
+        let image_root = probe.as_ref().map_or(root, Step::merged_path);
+        let passwd = imagefs::read_image_file(image_root, "/etc/passwd")?;
+        let group = imagefs::read_image_file(image_root, "/etc/group")?;
         Ok(Some(imagefs::resolve_chown(spec, &passwd, &group)?))
     }
 
-    /// The merged root of the current step, opening the step first.
+    /// The root the current step writes into, opening the step first: the
+    /// merged overlay of the stage, or for `--link` an empty directory
+    /// whose layer does not depend on the ones below.
     fn step_root(
         &mut self,
         sctx: &StageCtx<'_>,
         step: &mut Option<Step>,
         keyword: &str,
+        link: bool,
     ) -> Result<PathBuf, BuildError> {
         if step.is_none() {
-            if let Err(reason) = &sctx.opts.isolation {
-                return Err(BuildError::NoIsolation {
-                    keyword: keyword.into(),
-                    reason: reason.clone(),
-                });
+            if link {
+                *step = Some(Step::linked(sctx.store)?);
+            } else {
+                if let Err(reason) = &sctx.opts.isolation {
+                    return Err(BuildError::NoIsolation {
+                        keyword: keyword.into(),
+                        reason: reason.clone(),
+                    });
+                }
+                self.extract_layers(sctx, keyword)?;
+                *step = Some(open_step(sctx.store, &self.layers)?);
             }
-            self.extract_layers(sctx, keyword)?;
-            *step = Some(open_step(sctx.store, &self.layers)?);
         }
         Ok(step
             .as_ref()
             .expect("opened above")
-            .merged
-            .path()
+            .merged_path()
             .to_owned())
     }
 
@@ -387,43 +424,48 @@ impl Stage {
             log::info!("Unpacking rootfs as cmd {keyword} requires it.");
             self.unpacked = true;
         }
-        for layer in &self.layers {
-            if sctx.store.layer_dir(&layer.diff_id).is_dir() {
-                continue;
-            }
-            if !sctx.store.has_blob(&layer.desc.digest) {
-                let src = layer
-                    .source
-                    .as_ref()
-                    .expect("layers built here are always in the store");
-                sctx.registry
-                    .fetch_blob(src, &layer.desc.digest, sctx.store)?;
-            }
-            let blob = sctx.store.open_blob(&layer.desc.digest)?;
-            let tmp = sctx.store.temp_dir("unpack-")?;
-            unpack(
-                std::io::BufReader::with_capacity(1 << 20, blob),
-                tmp.path(),
-                &UnpackOptions {
-                    whiteouts: Whiteouts::Overlay,
-                    preserve_owners: true,
-                },
-            )?;
-            sctx.store.commit_layer_dir(tmp, &layer.diff_id)?;
-        }
-        Ok(())
+        ensure_extracted(sctx, &self.layers)
     }
 
-    fn run(&self, sctx: &StageCtx<'_>, root: PathBuf, run: wit::Run) -> Result<(), BuildError> {
-        if !run.mounts.is_empty() {
-            return Err(BuildError::NotSupported("RUN --mount".into()));
-        }
-        if run.insecure {
-            return Err(BuildError::NotSupported("RUN --security=insecure".into()));
-        }
+    /// Mounts the root filesystem of a `--from` value (a stage or an
+    /// image) for reading.
+    pub fn other_root(
+        &self,
+        sctx: &StageCtx<'_>,
+        others: &Others<'_>,
+        from: &str,
+    ) -> Result<Step, BuildError> {
+        let layers = match plan::resolve_from(from, others.names, self.index)
+            .map_err(BuildError::Plan)?
+        {
+            FromRef::Stage(i) => match others.stages.get(i).and_then(Option::as_ref) {
+                Some(stage) => stage.layers.clone(),
+                None => return Err(BuildError::Plan(plan::PlanError::UnknownStage(from.into()))),
+            },
+            FromRef::Image(image) => pull(sctx, &image, &sctx.opts.platform)?.1,
+        };
+        ensure_extracted(sctx, &layers)?;
+        open_step(sctx.store, &layers)
+    }
+
+    fn run(
+        &self,
+        sctx: &StageCtx<'_>,
+        others: &Others<'_>,
+        root: PathBuf,
+        run: wit::Run,
+    ) -> Result<(), BuildError> {
+        let cwd = self.config.workdir().unwrap_or_else(|| "/".into());
+        let mut mounts = mounts::prepare(self, sctx, others, run.mounts, &cwd)?;
         let mut env: Vec<(String, String)> = pairs(run.env);
-        // ENV wins over ARG for the command's environment, as in Docker.
-        for (k, v) in self.config.env() {
+        // ENV wins over ARG for the command's environment, as in Docker;
+        // what the mounts add (secrets, the SSH agent) wins over both.
+        for (k, v) in self
+            .config
+            .env()
+            .into_iter()
+            .chain(mounts.env.iter().cloned())
+        {
             env.retain(|(ek, _)| *ek != k);
             env.push((k, v));
         }
@@ -433,13 +475,19 @@ impl Stage {
             rootfs: root,
             argv: run.argv.clone(),
             env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
-            cwd: self.config.workdir().unwrap_or_else(|| "/".into()),
+            cwd,
             user: self.config.user(),
             hostname: "kiln".into(),
             network: match run.network {
                 // kaniko's RUN shares the host's network; so does kiln's default.
                 wit::NetworkMode::Default | wit::NetworkMode::Host => Network::Host,
                 wit::NetworkMode::None => Network::None,
+            },
+            mounts: std::mem::take(&mut mounts.specs),
+            capabilities: if run.insecure {
+                Capabilities::All
+            } else {
+                Capabilities::Default
             },
         };
         let code = sandbox::run(&spec)?;
@@ -453,7 +501,10 @@ impl Stage {
     }
 
     fn snapshot(&self, store: &Store, step: Step) -> Result<Option<Layer>, BuildError> {
-        step.mount.unmount()?;
+        let Some((mount, _work, _merged)) = step.overlay else {
+            return self.layer_from(store, step.upper);
+        };
+        mount.unmount()?;
         let lower_dirs: Vec<PathBuf> = self
             .layers
             .iter()
@@ -462,10 +513,20 @@ impl Stage {
             .collect();
         let lowers: Vec<&std::path::Path> = lower_dirs.iter().map(PathBuf::as_path).collect();
         prune_unchanged_dirs(step.upper.path(), &lowers)?;
-        let Some(blob) = snapshot_upper(step.upper.path(), store, &WriteOptions::default())? else {
+        self.layer_from(store, step.upper)
+    }
+
+    /// Writes a step's upper dir as a layer and keeps the dir as that
+    /// layer's extracted form; `None` when it holds nothing.
+    fn layer_from(
+        &self,
+        store: &Store,
+        upper: tempfile::TempDir,
+    ) -> Result<Option<Layer>, BuildError> {
+        let Some(blob) = snapshot_upper(upper.path(), store, &WriteOptions::default())? else {
             return Ok(None);
         };
-        store.commit_layer_dir(step.upper, &blob.diff_id)?;
+        store.commit_layer_dir(upper, &blob.diff_id)?;
         Ok(Some(Layer {
             desc: Descriptor {
                 media_type: DOCKER_LAYER_GZIP.into(),
@@ -480,6 +541,11 @@ impl Stage {
         }))
     }
 
+    /// Names of the ARGs this stage declared.
+    pub fn declared_args(&self) -> Vec<String> {
+        self.args.iter().map(|a| a.name.clone()).collect()
+    }
+
     /// Final touches on the stage that becomes the image.
     pub fn finish(&mut self, opts: &Options) {
         if !self.unpacked {
@@ -490,6 +556,78 @@ impl Stage {
         }
         self.config.set_created(&now());
     }
+}
+
+/// Pulls an image's manifest and config; its layers are fetched lazily.
+fn pull(
+    sctx: &StageCtx<'_>,
+    image: &str,
+    platform: &Platform,
+) -> Result<(ImageConfig, Vec<Layer>), BuildError> {
+    let reference = Reference::parse(image).map_err(|e| BuildError::Reference {
+        reference: image.to_owned(),
+        message: e.to_string(),
+    })?;
+    log::info!("Retrieving image manifest {image}");
+    let pulled = sctx
+        .registry
+        .pull_manifest(&reference, &platform.to_string())?;
+    log::info!(
+        "Retrieving image {reference} from registry {}",
+        reference.registry
+    );
+    let config = ImageConfig::parse(&pulled.config)?;
+    let diff_ids = config.diff_ids()?;
+    if diff_ids.len() != pulled.manifest.layers.len() {
+        return Err(BuildError::LayerCountMismatch {
+            reference: reference.to_string(),
+            layers: pulled.manifest.layers.len(),
+            diff_ids: diff_ids.len(),
+        });
+    }
+    let layers = pulled
+        .manifest
+        .layers
+        .iter()
+        .zip(diff_ids)
+        .map(|(desc, diff_id)| Layer {
+            desc: desc.clone(),
+            diff_id,
+            source: Some(reference.clone()),
+        })
+        .collect();
+    Ok((config, layers))
+}
+
+/// Makes sure every layer has an extracted directory in the store,
+/// fetching blobs that are not there yet.
+fn ensure_extracted(sctx: &StageCtx<'_>, layers: &[Layer]) -> Result<(), BuildError> {
+    for layer in layers {
+        if sctx.store.layer_dir(&layer.diff_id).is_dir() {
+            continue;
+        }
+        if !sctx.store.has_blob(&layer.desc.digest) {
+            let src = layer
+                .source
+                .as_ref()
+                .expect("layers built here are always in the store");
+            sctx.registry
+                .fetch_blob(src, &layer.desc.digest, sctx.store)?;
+        }
+        let blob = sctx.store.open_blob(&layer.desc.digest)?;
+        let tmp = sctx.store.temp_dir("unpack-")?;
+        let opts = UnpackOptions {
+            whiteouts: Whiteouts::Overlay,
+            preserve_owners: true,
+        };
+        unpack(
+            std::io::BufReader::with_capacity(1 << 20, blob),
+            tmp.path(),
+            &opts,
+        )?;
+        sctx.store.commit_layer_dir(tmp, &layer.diff_id)?;
+    }
+    Ok(())
 }
 
 /// Mounts an overlay of `layers` (bottom first) with a fresh upper dir.
@@ -513,8 +651,6 @@ fn open_step(store: &Store, layers: &[Layer]) -> Result<Step, BuildError> {
     let mount = sandbox::overlay::mount_overlay(&lowers, upper.path(), work.path(), merged.path())?;
     Ok(Step {
         upper,
-        _work: work,
-        merged,
-        mount,
+        overlay: Some((mount, work, merged)),
     })
 }

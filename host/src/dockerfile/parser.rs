@@ -59,7 +59,7 @@ pub struct Heredoc {
 
 /// Why a Dockerfile could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, thiserror::Error)]
-#[error("line {line}: {message}")]
+#[error("line {line}, column {column}: {message}")]
 pub struct ParseError {
     /// 1-based line.
     pub line: u32,
@@ -463,9 +463,10 @@ impl Node {
 fn maybe_json(args: &str) -> Result<Option<Vec<String>>, String> {
     match json_string_array(args) {
         Ok(v) => Ok(Some(v)),
-        Err(JsonError::NotStrings) => {
-            Err(format!("{NOT_STRING_ARRAY}: quote every element of {args}"))
-        }
+        Err(JsonError::NotStrings) => Err(format!(
+            "{NOT_STRING_ARRAY}: quote every element of {}",
+            args.trim()
+        )),
         Err(JsonError::Invalid) => Ok(None),
     }
 }
@@ -1035,9 +1036,10 @@ mod tests {
         let df = parse("# foo=bar\n# escape=`\nFROM a").unwrap();
         assert_eq!(df.escape, '\\');
         let e = fail("# escape=\\\n# ESCAPE=`\n");
-        assert_eq!(
-            (e.line, e.to_string().starts_with("line 2: only one escape")),
-            (2, true)
+        assert!(
+            e.to_string()
+                .starts_with("line 2, column 1: only one escape parser directive"),
+            "{e}"
         );
         let e = fail("# escape=x\n");
         assert!(e.message.starts_with("invalid escape token 'x'"), "{e}");

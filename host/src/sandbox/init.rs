@@ -4,6 +4,7 @@
 //! stdin socket, which closes by itself once the command is exec'd.
 
 use super::SandboxError;
+use super::mounts::{Capabilities, DEFAULT_CAPABILITIES, InitMount, InitMountKind};
 use super::run::{DEFAULT_PATH, InitSpec, Network, SETUP_FAILED};
 use super::syscall::{LinuxSyscall, Syscall};
 use rustix::fs::Mode;
@@ -201,8 +202,11 @@ fn prepare_root(sys: &impl Syscall, spec: &InitSpec) -> Result<(), SandboxError>
         let (host, target) = (Path::new("/etc").join(name), root.join("etc").join(name));
         sys.bind(&host, &target, false)
             .map_err(at("bind-mount host file", &host))?;
-        sys.remount_bind_readonly(&target)
+        sys.remount_bind(&target, MountFlags::RDONLY)
             .map_err(at("make read-only", &target))?;
+    }
+    for (i, m) in spec.mounts.iter().enumerate() {
+        mount_one(sys, root, &dev, i, m)?;
     }
 
     // Stacking the old root on the new one and detaching it leaves no
@@ -219,6 +223,13 @@ fn prepare_root(sys: &impl Syscall, spec: &InitSpec) -> Result<(), SandboxError>
         .map_err(at("create working directory", cwd))?;
     sys.chdir(cwd).map_err(at("enter working directory", cwd))?;
 
+    // Before the identity change: setuid to a non-root user then clears
+    // the effective and permitted sets, and the bounding set stays for
+    // setuid programs (no_new_privs is left off so that they work).
+    if spec.capabilities == Capabilities::Default {
+        sys.limit_capabilities(DEFAULT_CAPABILITIES)
+            .map_err(|e| SandboxError::Setup(format!("cannot drop capabilities: {e}")))?;
+    }
     let u = &spec.user;
     sys.set_groups(&u.groups)
         .map_err(|e| SandboxError::Setup(format!("cannot set groups {:?}: {e}", u.groups)))?;
@@ -226,6 +237,77 @@ fn prepare_root(sys: &impl Syscall, spec: &InitSpec) -> Result<(), SandboxError>
         .map_err(|e| SandboxError::Setup(format!("cannot set gid {}: {e}", u.gid)))?;
     sys.set_uid(u.uid)
         .map_err(|e| SandboxError::Setup(format!("cannot set uid {}: {e}", u.uid)))?;
+    sys.close_fds_on_exec().map_err(|e| {
+        SandboxError::Setup(format!(
+            "cannot keep kiln's file descriptors from the command: {e} (Linux 5.11 or later is needed)"
+        ))
+    })?;
+    Ok(())
+}
+
+/// Mounts one `RUN --mount` on its target (made inside an earlier mount if
+/// it lies there; the parent made the others), before `pivot_root` while
+/// host sources are still in reach.
+fn mount_one(
+    sys: &impl Syscall,
+    root: &Path,
+    dev: &Path,
+    index: usize,
+    m: &InitMount,
+) -> Result<(), SandboxError> {
+    let fail = |what: &str, e: io::Error| {
+        SandboxError::Setup(format!("RUN --mount target {}: {what}: {e}", m.target))
+    };
+    let target = sys
+        .mount_point(root, &m.target, m.kind.is_file())
+        .map_err(|e| fail("cannot make the mount point", e))?;
+    match &m.kind {
+        InitMountKind::Bind {
+            source, read_only, ..
+        } => {
+            sys.bind(source, &target, false)
+                .map_err(|e| fail(&format!("cannot bind {}", source.display()), e))?;
+            if *read_only {
+                sys.remount_bind(&target, MountFlags::RDONLY)
+                    .map_err(|e| fail("cannot make it read-only", e))?;
+            }
+        }
+        InitMountKind::Overlay { lower, upper, work } => {
+            sys.mount_overlay(lower, upper, work, &target)
+                .map_err(|e| {
+                    fail(
+                        &format!("cannot mount a writable view of {}", lower.display()),
+                        e,
+                    )
+                })?;
+        }
+        InitMountKind::Tmpfs { size } => {
+            let data = size.map(|s| format!("size={s}")).unwrap_or_default();
+            sys.mount_fs("tmpfs", &target, MountFlags::NOSUID, &data)
+                .map_err(|e| fail("cannot mount tmpfs", e))?;
+        }
+        InitMountKind::Secret {
+            source,
+            mode,
+            uid,
+            gid,
+        } => {
+            // Staged in the sandbox's /dev tmpfs and unlinked once bound,
+            // so the secret only ever sits in memory and under no other name.
+            let staged = dev.join(format!(".kiln-secret-{index}"));
+            sys.install_file(source, &staged, *mode, *uid, *gid)
+                .map_err(|e| fail(&format!("cannot read secret {}", source.display()), e))?;
+            sys.bind(&staged, &target, false)
+                .map_err(|e| fail("cannot bind the secret", e))?;
+            sys.remount_bind(
+                &target,
+                MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            )
+            .map_err(|e| fail("cannot make the secret read-only", e))?;
+            sys.remove_file(&staged)
+                .map_err(|e| fail("cannot unlink the staged secret", e))?;
+        }
+    }
     Ok(())
 }
 
@@ -312,6 +394,8 @@ mod tests {
                 home: "/home/app".into(),
             },
             etc_binds: etc_binds.iter().map(|s| s.to_string()).collect(),
+            mounts: vec![],
+            capabilities: Capabilities::Default,
         }
     }
 
@@ -361,18 +445,20 @@ mod tests {
             Call::Symlink("/proc/self/fd/1".into(), "/m/dev/stdout".into()),
             Call::Symlink("/proc/self/fd/2".into(), "/m/dev/stderr".into()),
             bind("/etc/resolv.conf", "/m/etc/resolv.conf", false),
-            Call::RemountReadonly("/m/etc/resolv.conf".into()),
+            Call::RemountBind("/m/etc/resolv.conf".into(), MountFlags::RDONLY),
             bind("/etc/hosts", "/m/etc/hosts", false),
-            Call::RemountReadonly("/m/etc/hosts".into()),
+            Call::RemountBind("/m/etc/hosts".into(), MountFlags::RDONLY),
             Call::Chdir("/m".into()),
             Call::PivotRoot(".".into(), ".".into()),
             Call::UnmountDetach(".".into()),
             Call::Chdir("/".into()),
             Call::MkdirAll("/work/dir".into(), 0o755),
             Call::Chdir("/work/dir".into()),
+            Call::LimitCapabilities(DEFAULT_CAPABILITIES),
             Call::SetGroups(vec![10, 29]),
             Call::SetGid(1001),
             Call::SetUid(1000),
+            Call::CloseFdsOnExec,
         ]);
         assert_eq!(*sys.calls.borrow(), expected);
     }
@@ -383,7 +469,7 @@ mod tests {
         prepare_root(&sys, &init_spec(Network::None, &[])).unwrap();
         let calls = sys.calls.borrow();
         assert_eq!(calls[2], Call::LoopbackUp);
-        assert!(!calls.iter().any(|c| matches!(c, Call::RemountReadonly(_))));
+        assert!(!calls.iter().any(|c| matches!(c, Call::RemountBind(..))));
     }
 
     #[test]
@@ -414,6 +500,189 @@ mod tests {
                 .iter()
                 .any(|c| matches!(c, Call::SetUid(_)))
         );
+    }
+
+    fn with_mounts(mounts: Vec<InitMount>, capabilities: Capabilities) -> InitSpec {
+        InitSpec {
+            mounts,
+            capabilities,
+            ..init_spec(Network::Host, &[])
+        }
+    }
+
+    /// The calls between the last fixed setup step (the `/dev` symlinks)
+    /// and `pivot_root`.
+    fn mount_calls(calls: &[Call]) -> Vec<Call> {
+        let start = calls
+            .iter()
+            .position(|c| *c == Call::Symlink("/proc/self/fd/2".into(), "/m/dev/stderr".into()))
+            .unwrap()
+            + 1;
+        let end = calls
+            .iter()
+            .position(|c| matches!(c, Call::PivotRoot(..)))
+            .unwrap()
+            - 1;
+        calls[start..end].to_vec()
+    }
+
+    fn m(target: &str, kind: InitMountKind) -> InitMount {
+        InitMount {
+            target: target.into(),
+            kind,
+        }
+    }
+
+    #[test]
+    fn each_mount_kind_is_mounted_on_its_mount_point_before_pivot_root() {
+        let sys = RecordingSyscall::default();
+        let spec = with_mounts(
+            vec![
+                m(
+                    "/cache",
+                    InitMountKind::Bind {
+                        source: "/k/cache".into(),
+                        file: false,
+                        read_only: false,
+                    },
+                ),
+                m(
+                    "/ctx",
+                    InitMountKind::Bind {
+                        source: "/k/ctx".into(),
+                        file: false,
+                        read_only: true,
+                    },
+                ),
+                m(
+                    "/src",
+                    InitMountKind::Overlay {
+                        lower: "/k/src".into(),
+                        upper: "/k/s/upper".into(),
+                        work: "/k/s/work".into(),
+                    },
+                ),
+                m("/t", InitMountKind::Tmpfs { size: Some(4096) }),
+                m("/u", InitMountKind::Tmpfs { size: None }),
+                m(
+                    "/run/secrets/id",
+                    InitMountKind::Secret {
+                        source: "/host/secret".into(),
+                        mode: 0o400,
+                        uid: 7,
+                        gid: 8,
+                    },
+                ),
+            ],
+            Capabilities::Default,
+        );
+        prepare_root(&sys, &spec).unwrap();
+        let point = |t: &str, file| Call::MountPoint {
+            target: t.into(),
+            file,
+        };
+        let staged = "/m/dev/.kiln-secret-5";
+        assert_eq!(
+            mount_calls(&sys.calls.borrow()),
+            [
+                point("/cache", false),
+                bind("/k/cache", "/m/cache", false),
+                point("/ctx", false),
+                bind("/k/ctx", "/m/ctx", false),
+                Call::RemountBind("/m/ctx".into(), MountFlags::RDONLY),
+                point("/src", false),
+                Call::MountOverlay {
+                    lower: "/k/src".into(),
+                    upper: "/k/s/upper".into(),
+                    work: "/k/s/work".into(),
+                    target: "/m/src".into(),
+                },
+                point("/t", false),
+                mount_fs("tmpfs", "/m/t", MountFlags::NOSUID, "size=4096"),
+                point("/u", false),
+                mount_fs("tmpfs", "/m/u", MountFlags::NOSUID, ""),
+                point("/run/secrets/id", true),
+                Call::InstallFile {
+                    source: "/host/secret".into(),
+                    dest: staged.into(),
+                    mode: 0o400,
+                    uid: 7,
+                    gid: 8,
+                },
+                bind(staged, "/m/run/secrets/id", false),
+                Call::RemountBind(
+                    "/m/run/secrets/id".into(),
+                    MountFlags::RDONLY
+                        | MountFlags::NOSUID
+                        | MountFlags::NODEV
+                        | MountFlags::NOEXEC
+                ),
+                Call::RemoveFile(staged.into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_file_bind_asks_for_a_file_mount_point() {
+        let sys = RecordingSyscall::default();
+        let spec = with_mounts(
+            vec![m(
+                "/run/buildkit/ssh_agent.0",
+                InitMountKind::Bind {
+                    source: "/k/ssh-0".into(),
+                    file: true,
+                    read_only: false,
+                },
+            )],
+            Capabilities::Default,
+        );
+        prepare_root(&sys, &spec).unwrap();
+        assert_eq!(
+            mount_calls(&sys.calls.borrow()),
+            [
+                Call::MountPoint {
+                    target: "/run/buildkit/ssh_agent.0".into(),
+                    file: true
+                },
+                bind("/k/ssh-0", "/m/run/buildkit/ssh_agent.0", false),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_mount_names_its_target_and_nothing_runs_after_it() {
+        let sys = RecordingSyscall::default();
+        let spec = with_mounts(
+            vec![m("/t", InitMountKind::Tmpfs { size: None })],
+            Capabilities::Default,
+        );
+        let mount_index = 5 + 2 * DEVICES.len() + 2 + DEV_LINKS.len() + 1;
+        sys.fail_at.set(Some(mount_index));
+        let e = prepare_root(&sys, &spec).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "cannot set up the RUN sandbox: RUN --mount target /t: cannot mount tmpfs: \
+             Operation not permitted (os error 1)"
+        );
+        assert!(
+            !sys.calls
+                .borrow()
+                .iter()
+                .any(|c| matches!(c, Call::PivotRoot(..)))
+        );
+    }
+
+    #[test]
+    fn insecure_keeps_capabilities_and_fds_are_closed_last() {
+        let sys = RecordingSyscall::default();
+        prepare_root(&sys, &with_mounts(vec![], Capabilities::All)).unwrap();
+        let calls = sys.calls.borrow();
+        assert!(
+            !calls
+                .iter()
+                .any(|c| matches!(c, Call::LimitCapabilities(_)))
+        );
+        assert_eq!(calls.last(), Some(&Call::CloseFdsOnExec));
     }
 
     #[test]

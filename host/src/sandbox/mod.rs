@@ -1,5 +1,6 @@
 //! RUN steps in an isolated root: overlay mounts of the layers, then the
-//! command in new mount, pid, ipc and uts namespaces after `pivot_root`.
+//! command in new mount, pid, ipc and uts namespaces after `pivot_root`,
+//! with its `--mount`s and Docker's capability set.
 //!
 //! kiln first moves itself into a private mount namespace
 //! ([`enter_private_mount_namespace`]) so that every mount it makes is
@@ -8,13 +9,16 @@
 //! and execs the command.
 
 mod init;
+mod mounts;
 pub mod overlay;
 mod run;
 mod scaffold;
+mod ssh;
 mod syscall;
 pub mod user;
 
 pub use init::{INIT_ARG, init_main};
+pub use mounts::{Capabilities, DEFAULT_CAPABILITIES, MountSource, MountSpec};
 pub use run::{Network, RunSpec, run};
 
 use rustix::thread::UnshareFlags;

@@ -37,6 +37,12 @@ impl OverlayMount {
         &self.target
     }
 
+    /// Leaves the overlay mounted for good, for a mount namespace that
+    /// unmounts it by ending (the RUN sandbox's).
+    pub(super) fn keep(mut self) {
+        self.mounted = false;
+    }
+
     /// Unmounts now, reporting a failure that dropping would only log.
     pub fn unmount(mut self) -> Result<(), SandboxError> {
         self.mounted = false;

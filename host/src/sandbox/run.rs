@@ -1,9 +1,11 @@
-//! The parent side of a RUN: resolve the user, create the mount points the
-//! image lacks, start kiln again as the helper (see `init`) with the decided
-//! spec on its stdin socket, and read back either a setup error or nothing.
+//! The parent side of a RUN: resolve the user, prepare the `--mount`
+//! sources, create the mount points the image lacks, start kiln again as the
+//! helper (see `init`) with the decided spec on its stdin socket, and read
+//! back either a setup error or nothing.
 
 use super::SandboxError;
 use super::init::INIT_ARG;
+use super::mounts::{Capabilities, InitMount, MountSpec, PreparedMounts, mount_order};
 use super::scaffold::Scaffold;
 use super::user::{self, ExecUser};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
@@ -53,6 +55,10 @@ pub struct RunSpec {
     pub hostname: String,
     /// Network namespace choice.
     pub network: Network,
+    /// `RUN --mount`s; nothing of them (contents or mount points) stays in the image.
+    pub mounts: Vec<MountSpec>,
+    /// `--security`: the command's capabilities.
+    pub capabilities: Capabilities,
 }
 
 /// Everything the helper needs, decided by the parent.
@@ -67,6 +73,9 @@ pub(super) struct InitSpec {
     pub(super) user: ExecUser,
     /// Names under `/etc` to bind from the host.
     pub(super) etc_binds: Vec<String>,
+    /// `RUN --mount`s in mount order.
+    pub(super) mounts: Vec<InitMount>,
+    pub(super) capabilities: Capabilities,
 }
 
 /// Runs `spec.argv` in the sandbox and returns its exit code (128+signal if
@@ -74,6 +83,7 @@ pub(super) struct InitSpec {
 /// are kiln's.
 pub fn run(spec: &RunSpec) -> Result<i32, SandboxError> {
     validate(spec)?;
+    let ordered = mount_order(&spec.mounts)?;
     let passwd = read_in_root(&spec.rootfs, "etc/passwd")?;
     let group = read_in_root(&spec.rootfs, "etc/group")?;
     let user = user::resolve(
@@ -81,7 +91,8 @@ pub fn run(spec: &RunSpec) -> Result<i32, SandboxError> {
         passwd.as_deref().unwrap_or(""),
         group.as_deref().unwrap_or(""),
     )?;
-    let scaffold = Scaffold::create(&spec.rootfs)?;
+    let prepared = PreparedMounts::new(&spec.rootfs, &ordered)?;
+    let scaffold = Scaffold::create(&spec.rootfs, &prepared.mount_points())?;
     let init = InitSpec {
         rootfs: spec.rootfs.clone(),
         argv: spec.argv.clone(),
@@ -91,9 +102,12 @@ pub fn run(spec: &RunSpec) -> Result<i32, SandboxError> {
         network: spec.network,
         user,
         etc_binds: scaffold.etc_binds.clone(),
+        mounts: prepared.mounts.clone(),
+        capabilities: spec.capabilities,
     };
     let code = spawn_init(&spec.init_exe, &init);
     let removed = scaffold.remove();
+    drop(prepared);
     let code = code?;
     removed?;
     Ok(code)
@@ -253,6 +267,8 @@ mod tests {
             user: None,
             hostname: "h".into(),
             network: Network::Host,
+            mounts: vec![],
+            capabilities: Capabilities::Default,
         }
     }
 

@@ -1,13 +1,15 @@
 //! The system calls that build a sandbox, behind a trait so the namespace
 //! and mount sequence is checked by a recording fake without root.
 
+use super::overlay;
+use super::scaffold::resolve_mount_point;
 use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
 use rustix::thread::UnshareFlags;
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 /// Namespace and mount operations, one method per kind of step.
 pub(crate) trait Syscall {
@@ -25,8 +27,32 @@ pub(crate) trait Syscall {
     ) -> io::Result<()>;
     /// Bind-mounts `source` onto `target`.
     fn bind(&self, source: &Path, target: &Path, recursive: bool) -> io::Result<()>;
-    /// Makes an existing bind mount read-only.
-    fn remount_bind_readonly(&self, target: &Path) -> io::Result<()>;
+    /// Sets the per-mount flags of an existing bind mount to exactly `flags`
+    /// (`RDONLY`, `NOSUID`, ...).
+    fn remount_bind(&self, target: &Path, flags: MountFlags) -> io::Result<()>;
+    /// Finds (creating what is missing: directories, and an empty file last
+    /// when `file`) where `target`, absolute in the image, lands when `root`
+    /// is `/`, and returns that host path.
+    fn mount_point(&self, root: &Path, target: &str, file: bool) -> io::Result<PathBuf>;
+    /// Mounts an overlay of `lower` with `upper` and `work` on `target`.
+    fn mount_overlay(
+        &self,
+        lower: &Path,
+        upper: &Path,
+        work: &Path,
+        target: &Path,
+    ) -> io::Result<()>;
+    /// Copies `source` to a new file `dest` with the given mode and owner.
+    fn install_file(
+        &self,
+        source: &Path,
+        dest: &Path,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> io::Result<()>;
+    /// Removes a file (a bind mount made from it stays).
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Lazily unmounts `target` (`MNT_DETACH`).
     fn unmount_detach(&self, target: &Path) -> io::Result<()>;
     /// `pivot_root(new_root, put_old)`.
@@ -51,6 +77,13 @@ pub(crate) trait Syscall {
     fn set_gid(&self, gid: u32) -> io::Result<()>;
     /// Sets the real, effective and saved uid of the calling thread.
     fn set_uid(&self, uid: u32) -> io::Result<()>;
+    /// Drops every capability outside `keep` (a `CAP_*` bit set) from the
+    /// bounding, effective and permitted sets, and empties the inheritable
+    /// and ambient sets.
+    fn limit_capabilities(&self, keep: u64) -> io::Result<()>;
+    /// Marks every descriptor from 3 up close-on-exec, so the command
+    /// inherits only stdin, stdout and stderr.
+    fn close_fds_on_exec(&self) -> io::Result<()>;
 }
 
 /// The real implementation, straight onto the kernel.
@@ -95,9 +128,62 @@ impl Syscall for LinuxSyscall {
         Ok(())
     }
 
-    fn remount_bind_readonly(&self, target: &Path) -> io::Result<()> {
-        rustix::mount::mount_remount(target, MountFlags::BIND | MountFlags::RDONLY, "")?;
+    fn remount_bind(&self, target: &Path, flags: MountFlags) -> io::Result<()> {
+        rustix::mount::mount_remount(target, MountFlags::BIND | flags, "")?;
         Ok(())
+    }
+
+    fn mount_point(&self, root: &Path, target: &str, file: bool) -> io::Result<PathBuf> {
+        let found = resolve_mount_point(
+            root,
+            target,
+            file,
+            |_| false,
+            |path, is_file| {
+                if is_file {
+                    self.create_file(path, 0o644)
+                } else {
+                    self.mkdir(path, 0o755)
+                }
+            },
+        )?;
+        Ok(found.expect("nothing stops the walk"))
+    }
+
+    fn mount_overlay(
+        &self,
+        lower: &Path,
+        upper: &Path,
+        work: &Path,
+        target: &Path,
+    ) -> io::Result<()> {
+        overlay::mount_overlay(&[lower], upper, work, target)
+            .map(overlay::OverlayMount::keep)
+            .map_err(io::Error::other)
+    }
+
+    fn install_file(
+        &self,
+        source: &Path,
+        dest: &Path,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> io::Result<()> {
+        let mut from = fs::File::open(source)?;
+        let mut to = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dest)?;
+        io::copy(&mut from, &mut to)?;
+        // Owner before mode: chown clears set-id bits that the mode may ask for.
+        std::os::unix::fs::fchown(&to, Some(uid), Some(gid))?;
+        to.set_permissions(fs::Permissions::from_mode(mode))
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
     }
 
     fn unmount_detach(&self, target: &Path) -> io::Result<()> {
@@ -197,6 +283,49 @@ impl Syscall for LinuxSyscall {
         rustix::thread::set_thread_res_uid(uid, uid, uid)?;
         Ok(())
     }
+
+    fn limit_capabilities(&self, keep: u64) -> io::Result<()> {
+        use rustix::thread::{CapabilitySet, CapabilitySets};
+        for cap in (0..64).filter(|c| keep & (1 << c) == 0) {
+            match rustix::thread::remove_capability_from_bounding_set(
+                CapabilitySet::from_bits_retain(1 << cap),
+            ) {
+                Ok(()) => {}
+                // Numbers past the kernel's last capability.
+                Err(rustix::io::Errno::INVAL) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let keep = CapabilitySet::from_bits_retain(keep);
+        let now = rustix::thread::capabilities(None)?;
+        rustix::thread::set_capabilities(
+            None,
+            CapabilitySets {
+                effective: now.permitted & keep,
+                permitted: now.permitted & keep,
+                inheritable: CapabilitySet::empty(),
+            },
+        )?;
+        rustix::thread::clear_ambient_capability_set()?;
+        Ok(())
+    }
+
+    fn close_fds_on_exec(&self) -> io::Result<()> {
+        // SAFETY: close_range takes no pointers; CLOEXEC only sets a flag.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -205,7 +334,6 @@ pub(crate) mod fake {
 
     use super::*;
     use std::cell::{Cell, RefCell};
-    use std::path::PathBuf;
 
     /// One recorded call, with owned arguments.
     #[derive(Clone, Debug, PartialEq, Eq)]
@@ -223,7 +351,25 @@ pub(crate) mod fake {
             target: PathBuf,
             recursive: bool,
         },
-        RemountReadonly(PathBuf),
+        RemountBind(PathBuf, MountFlags),
+        MountPoint {
+            target: String,
+            file: bool,
+        },
+        MountOverlay {
+            lower: PathBuf,
+            upper: PathBuf,
+            work: PathBuf,
+            target: PathBuf,
+        },
+        InstallFile {
+            source: PathBuf,
+            dest: PathBuf,
+            mode: u32,
+            uid: u32,
+            gid: u32,
+        },
+        RemoveFile(PathBuf),
         UnmountDetach(PathBuf),
         PivotRoot(PathBuf, PathBuf),
         Chdir(PathBuf),
@@ -236,6 +382,8 @@ pub(crate) mod fake {
         SetGroups(Vec<u32>),
         SetGid(u32),
         SetUid(u32),
+        LimitCapabilities(u64),
+        CloseFdsOnExec,
     }
 
     /// Records calls; the call with index `fail_at` returns `EPERM` instead.
@@ -284,8 +432,48 @@ pub(crate) mod fake {
                 recursive,
             })
         }
-        fn remount_bind_readonly(&self, target: &Path) -> io::Result<()> {
-            self.record(Call::RemountReadonly(target.into()))
+        fn remount_bind(&self, target: &Path, flags: MountFlags) -> io::Result<()> {
+            self.record(Call::RemountBind(target.into(), flags))
+        }
+        fn mount_point(&self, root: &Path, target: &str, file: bool) -> io::Result<PathBuf> {
+            self.record(Call::MountPoint {
+                target: target.into(),
+                file,
+            })?;
+            Ok(root.join(target.trim_start_matches('/')))
+        }
+        fn mount_overlay(
+            &self,
+            lower: &Path,
+            upper: &Path,
+            work: &Path,
+            target: &Path,
+        ) -> io::Result<()> {
+            self.record(Call::MountOverlay {
+                lower: lower.into(),
+                upper: upper.into(),
+                work: work.into(),
+                target: target.into(),
+            })
+        }
+        fn install_file(
+            &self,
+            source: &Path,
+            dest: &Path,
+            mode: u32,
+            uid: u32,
+            gid: u32,
+        ) -> io::Result<()> {
+            self.record(Call::InstallFile {
+                source: source.into(),
+                dest: dest.into(),
+                mode,
+                uid,
+                gid,
+            })
+        }
+        fn remove_file(&self, path: &Path) -> io::Result<()> {
+            self.record(Call::RemoveFile(path.into()))
         }
         fn unmount_detach(&self, target: &Path) -> io::Result<()> {
             self.record(Call::UnmountDetach(target.into()))
@@ -322,6 +510,12 @@ pub(crate) mod fake {
         }
         fn set_uid(&self, uid: u32) -> io::Result<()> {
             self.record(Call::SetUid(uid))
+        }
+        fn limit_capabilities(&self, keep: u64) -> io::Result<()> {
+            self.record(Call::LimitCapabilities(keep))
+        }
+        fn close_fds_on_exec(&self) -> io::Result<()> {
+            self.record(Call::CloseFdsOnExec)
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Instruction flags (`--name[=value]`), checked the way BuildKit's BFlags
-//! checks them.
+//! checks them, with its messages.
+
+use crate::suggest;
 
 /// What values a flag takes.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -20,6 +22,32 @@ pub struct Spec {
     pub kind: Kind,
 }
 
+impl Spec {
+    /// A `--name` or `--name=true|false` flag.
+    pub const fn bool(name: &'static str) -> Spec {
+        Spec {
+            name,
+            kind: Kind::Bool,
+        }
+    }
+
+    /// A `--name=value` flag given at most once.
+    pub const fn string(name: &'static str) -> Spec {
+        Spec {
+            name,
+            kind: Kind::String,
+        }
+    }
+
+    /// A repeatable `--name=value` flag.
+    pub const fn strings(name: &'static str) -> Spec {
+        Spec {
+            name,
+            kind: Kind::Strings,
+        }
+    }
+}
+
 /// The flags given to one instruction, validated against its specs.
 #[derive(Debug, Default)]
 pub struct Flags {
@@ -32,24 +60,32 @@ impl Flags {
         self.values.iter().any(|(n, _)| *n == name)
     }
 
-    /// The value of a string flag.
-    pub fn value(&self, name: &str) -> Option<&str> {
+    /// Every value of a flag, in order.
+    pub fn values(&self, name: &str) -> &[String] {
         self.values
             .iter()
             .find(|(n, _)| *n == name)
-            .and_then(|(_, values)| values.last())
-            .map(String::as_str)
+            .map_or(&[], |(_, values)| values.as_slice())
+    }
+
+    /// The value of a string flag.
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.values(name).last().map(String::as_str)
     }
 
     /// Whether a bool flag was given as true.
     pub fn is_true(&self, name: &str) -> bool {
         self.value(name) == Some("true")
     }
+
+    /// A bool flag's value when it was given.
+    pub fn bool(&self, name: &str) -> Option<bool> {
+        self.value(name).map(|v| v == "true")
+    }
 }
 
-/// Checks `given` (name, value) flags of `keyword` against `specs`.
+/// Checks `given` (name, value) flags against `specs`.
 pub fn parse<'a>(
-    keyword: &str,
     specs: &[Spec],
     given: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
 ) -> Result<Flags, String> {
@@ -58,25 +94,35 @@ pub fn parse<'a>(
         // The WIT leaves open whether the name keeps its dashes.
         let name = name.strip_prefix("--").unwrap_or(name);
         let Some(spec) = specs.iter().find(|spec| spec.name == name) else {
-            return Err(format!("unknown flag --{name} for {keyword}"));
+            let names: Vec<&str> = specs.iter().map(|spec| spec.name).collect();
+            return Err(suggest::wrap(
+                format!("unknown flag: --{name}"),
+                name,
+                &names,
+            ));
         };
+        if spec.kind != Kind::Strings && flags.is_used(spec.name) {
+            return Err(format!("duplicate flag specified: --{name}"));
+        }
         let value = match (spec.kind, value) {
-            (Kind::Bool, None) => "true".to_owned(),
-            (Kind::Bool, Some(v)) if v.eq_ignore_ascii_case("true") => "true".to_owned(),
-            (Kind::Bool, Some(v)) if v.eq_ignore_ascii_case("false") => "false".to_owned(),
             (Kind::Bool, Some("")) | (Kind::String | Kind::Strings, None) => {
-                return Err(format!("missing a value on flag --{name} for {keyword}"));
+                return Err(format!("missing a value on flag: --{name}"));
             }
-            (Kind::Bool, Some(v)) => {
-                return Err(format!(
-                    "expecting boolean value for flag --{name} of {keyword}, not: {v}"
-                ));
-            }
+            (Kind::Bool, None) => "true".to_owned(),
+            (Kind::Bool, Some(v)) => match v.to_lowercase().as_str() {
+                "true" => "true".to_owned(),
+                "false" => "false".to_owned(),
+                _ => {
+                    return Err(format!(
+                        "expecting boolean value for flag --{name}, not: {v}"
+                    ));
+                }
+            },
             (Kind::String | Kind::Strings, Some(v)) => v.to_owned(),
         };
         match flags.values.iter_mut().find(|(n, _)| *n == spec.name) {
-            Some((_, values)) if spec.kind == Kind::Strings => values.push(value),
-            Some(_) => return Err(format!("duplicate flag --{name} for {keyword}")),
+            // Only repeatable flags get here twice.
+            Some((_, values)) => values.push(value),
             None => flags.values.push((spec.name, vec![value])),
         }
     }
@@ -88,24 +134,14 @@ mod tests {
     use super::*;
 
     const SPECS: &[Spec] = &[
-        Spec {
-            name: "link",
-            kind: Kind::Bool,
-        },
-        Spec {
-            name: "chown",
-            kind: Kind::String,
-        },
-        Spec {
-            name: "exclude",
-            kind: Kind::Strings,
-        },
+        Spec::bool("link"),
+        Spec::string("chown"),
+        Spec::strings("exclude"),
     ];
 
     #[test]
     fn values_by_kind() {
         let flags = parse(
-            "COPY",
             SPECS,
             [
                 ("link", Some("FALSE")),
@@ -117,34 +153,58 @@ mod tests {
         .unwrap();
         assert!(flags.is_used("link"));
         assert!(!flags.is_true("link"));
+        assert_eq!(flags.bool("link"), Some(false));
         assert_eq!(flags.value("chown"), Some("1:2"));
+        assert_eq!(flags.values("exclude"), ["a", "b"]);
         assert_eq!(flags.value("exclude"), Some("b"));
         assert!(!flags.is_used("from"));
+        assert_eq!(flags.bool("from"), None);
+        assert!(flags.values("from").is_empty());
+        assert!(parse(SPECS, [("link", None)]).unwrap().is_true("link"));
         assert!(
-            parse("COPY", SPECS, [("link", None)])
+            parse(SPECS, [("link", Some("True"))])
                 .unwrap()
                 .is_true("link")
+        );
+        assert_eq!(
+            parse(SPECS, [("chown", Some(""))]).unwrap().value("chown"),
+            Some("")
         );
     }
 
     #[test]
-    fn errors_name_the_flag_and_the_instruction() {
+    fn errors_are_buildkits() {
         assert_eq!(
-            parse("WORKDIR", &[], [("mount", Some("x"))]).unwrap_err(),
-            "unknown flag --mount for WORKDIR"
+            parse(&[], [("mount", Some("x"))]).unwrap_err(),
+            "unknown flag: --mount"
         );
         assert_eq!(
-            parse("COPY", SPECS, [("chown", Some("a")), ("chown", Some("b"))]).unwrap_err(),
-            "duplicate flag --chown for COPY"
+            parse(SPECS, [("lnk", None)]).unwrap_err(),
+            "unknown flag: --lnk (did you mean link?)"
         );
         assert_eq!(
-            parse("COPY", SPECS, [("chown", None)]).unwrap_err(),
-            "missing a value on flag --chown for COPY"
+            parse(SPECS, [("chown", Some("a")), ("chown", Some("b"))]).unwrap_err(),
+            "duplicate flag specified: --chown"
         );
-        assert!(
-            parse("COPY", SPECS, [("link", Some("yes"))])
-                .unwrap_err()
-                .contains("expecting boolean value")
+        assert_eq!(
+            parse(SPECS, [("link", None), ("link", Some("false"))]).unwrap_err(),
+            "duplicate flag specified: --link"
+        );
+        assert_eq!(
+            parse(SPECS, [("chown", None)]).unwrap_err(),
+            "missing a value on flag: --chown"
+        );
+        assert_eq!(
+            parse(SPECS, [("exclude", None)]).unwrap_err(),
+            "missing a value on flag: --exclude"
+        );
+        assert_eq!(
+            parse(SPECS, [("link", Some(""))]).unwrap_err(),
+            "missing a value on flag: --link"
+        );
+        assert_eq!(
+            parse(SPECS, [("link", Some("yes"))]).unwrap_err(),
+            "expecting boolean value for flag --link, not: yes"
         );
     }
 }

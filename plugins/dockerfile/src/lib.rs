@@ -4,12 +4,17 @@
 //! Everything but word expansion is pure and lives in modules that know
 //! nothing of WebAssembly, so it is unit-tested natively.
 
+mod chmod;
+mod duration;
 mod flags;
 mod history;
 mod instructions;
+mod mounts;
 mod paths;
 mod ports;
 mod signal;
+mod sources;
+mod suggest;
 mod words;
 
 use kiln_plugin_sdk::{

@@ -25,19 +25,19 @@ fn normalize_one(raw: &str) -> Result<Vec<String>, String> {
         p @ ("tcp" | "udp" | "sctp") => p.to_owned(),
         _ => return Err(format!("invalid port: \"{raw}\": invalid proto: {proto}")),
     };
-    if !ip.is_empty() {
-        let bare = ip
-            .strip_prefix('[')
-            .and_then(|ip| ip.strip_suffix(']'))
-            .unwrap_or(ip);
-        bare.parse::<IpAddr>()
-            .map_err(|_| format!("invalid port: \"{raw}\": invalid IP address: {ip}"))?;
+    let ip = match ip.strip_prefix('[') {
+        Some(bracketed) => bracketed
+            .strip_suffix(']')
+            .ok_or_else(|| format!("invalid IP address {ip}"))?,
+        None => ip,
+    };
+    if !ip.is_empty() && ip.parse::<IpAddr>().is_err() {
+        return Err(format!("invalid IP address: {ip}"));
     }
-    let (start, end) =
-        port_range(port).map_err(|e| format!("invalid containerPort: {port} ({e})"))?;
+    let (start, end) = port_range(port).ok_or_else(|| format!("invalid containerPort: {port}"))?;
     if !host_port.is_empty() {
         let (host_start, host_end) =
-            port_range(host_port).map_err(|e| format!("invalid hostPort: {host_port} ({e})"))?;
+            port_range(host_port).ok_or_else(|| format!("invalid hostPort: {host_port}"))?;
         // A host range for a single container port is a pool to allocate
         // from; otherwise the two ranges must be the same size.
         if end - start != host_end - host_start && end != start {
@@ -58,35 +58,24 @@ fn split_parts(raw: &str) -> (&str, &str, &str) {
     (ip, host, container)
 }
 
-fn port_range(ports: &str) -> Result<(u32, u32), String> {
-    if ports.is_empty() {
-        return Err("empty string specified for ports".to_owned());
-    }
+/// `start[-end]`; BuildKit reports why a range is bad only as "invalid".
+fn port_range(ports: &str) -> Option<(u32, u32)> {
     let Some((start, end)) = ports.split_once('-') else {
         let port = port_number(ports)?;
-        return Ok((port, port));
+        return Some((port, port));
     };
-    let start_port =
-        port_number(start).map_err(|e| format!("invalid start port '{start}': {e}"))?;
+    let start_port = port_number(start)?;
     if start == end {
-        return Ok((start_port, start_port));
+        return Some((start_port, start_port));
     }
-    let end_port = port_number(end).map_err(|e| format!("invalid end port '{end}': {e}"))?;
-    if end_port < start_port {
-        return Err(format!("invalid port range: {ports}"));
-    }
-    Ok((start_port, end_port))
+    let end_port = port_number(end)?;
+    (end_port >= start_port).then_some((start_port, end_port))
 }
 
-fn port_number(raw: &str) -> Result<u32, String> {
-    if raw.is_empty() {
-        return Err("value is empty".to_owned());
-    }
-    let port: i64 = raw.parse().map_err(|_| "invalid syntax".to_owned())?;
-    u32::try_from(port)
-        .ok()
-        .filter(|p| *p <= 65535)
-        .ok_or_else(|| "value out of range (0–65535)".to_owned())
+/// Go's `strconv.ParseInt` of a port, within 0–65535.
+fn port_number(raw: &str) -> Option<u32> {
+    let port: i64 = raw.parse().ok()?;
+    u32::try_from(port).ok().filter(|p| *p <= 65535)
 }
 
 #[cfg(test)]
@@ -119,11 +108,15 @@ mod tests {
         assert_eq!(ports(&["127.0.0.1:8080:80"]).unwrap(), ["80/tcp"]);
         assert_eq!(ports(&["[::1]:8080:80/udp"]).unwrap(), ["80/udp"]);
         assert_eq!(ports(&["8080-8090:80"]).unwrap(), ["80/tcp"]);
-        assert!(
-            ports(&["1.2.3:80:80"])
-                .unwrap_err()
-                .contains("invalid IP address")
+        assert_eq!(
+            ports(&["1.2.3:80:80"]).unwrap_err(),
+            "invalid IP address: 1.2.3"
         );
+        assert_eq!(
+            ports(&["[::1:80:80"]).unwrap_err(),
+            "invalid IP address [::1"
+        );
+        assert_eq!(ports(&["::1:8080:80"]).unwrap(), ["80/tcp"]);
         assert!(
             ports(&["8080-8081:80-82"])
                 .unwrap_err()
@@ -139,16 +132,28 @@ mod tests {
                 .contains("invalid proto: http")
         );
         assert!(ports(&["/tcp"]).unwrap_err().contains("no port specified"));
-        assert!(ports(&["65536"]).unwrap_err().contains("out of range"));
+        assert_eq!(
+            ports(&["65536"]).unwrap_err(),
+            "invalid containerPort: 65536"
+        );
+        assert_eq!(ports(&["-1"]).unwrap_err(), "invalid containerPort: -1");
+        assert_eq!(
+            ports(&["8000-"]).unwrap_err(),
+            "invalid containerPort: 8000-"
+        );
+        assert_eq!(ports(&["x:80"]).unwrap_err(), "invalid hostPort: x");
         assert!(
             ports(&["abc"])
                 .unwrap_err()
                 .contains("invalid containerPort: abc")
         );
-        assert!(
-            ports(&["90-80"])
-                .unwrap_err()
-                .contains("invalid port range")
+        assert_eq!(
+            ports(&["90-80"]).unwrap_err(),
+            "invalid containerPort: 90-80"
+        );
+        assert_eq!(
+            ports(&["80/HTTP"]).unwrap_err(),
+            "invalid port: \"80/HTTP\": invalid proto: HTTP"
         );
     }
 }

@@ -17,8 +17,7 @@ pub fn is_valid(raw: &str) -> bool {
     let name = upper.strip_prefix("SIG").unwrap_or(&upper);
     let offset = |prefix: &str, max: u8| {
         name.strip_prefix(prefix)
-            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|n| n.parse::<u8>().ok())
+            .and_then(|n| n.parse::<u8>().ok().filter(|v| v.to_string() == n))
             .is_some_and(|n| (1..=max).contains(&n))
     };
     NAMES.contains(&name) || offset("RTMIN+", 15) || offset("RTMAX-", 14)
@@ -38,10 +37,14 @@ mod tests {
             "SIGRTMIN+15",
             "RTMAX-14",
             "sigrtmax",
+            "-9",
+            "+15",
         ] {
             assert!(is_valid(ok), "{ok}");
         }
-        for bad in ["0", "SIGFOO", "", "RTMIN+16", "RTMAX-15", "RTMIN+0", "SIG"] {
+        for bad in [
+            "0", "SIGFOO", "", "RTMIN+16", "RTMAX-15", "RTMIN+0", "SIG", "RTMIN+01", "RTMIN++1",
+        ] {
             assert!(!is_valid(bad), "{bad}");
         }
     }

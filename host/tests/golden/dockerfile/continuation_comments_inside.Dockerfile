@@ -1,0 +1,6 @@
+FROM alpine
+RUN apk add \
+  # first comment
+  curl \
+# second comment \
+  jq

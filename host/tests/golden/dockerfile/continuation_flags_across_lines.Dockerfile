@@ -1,0 +1,5 @@
+FROM alpine
+RUN --mount=type=cache,target=/a \
+    --mount=type=tmpfs,target=/b \
+    --network=none \
+    true

@@ -1,0 +1,6 @@
+FROM alpine
+CMD ["a", \
+     "b"]
+ENTRYPOINT [ \
+  "c" \
+]

@@ -1,0 +1,7 @@
+FROM alpine
+RUN \
+  echo on next line
+COPY \
+  --chown=1:1 \
+  a \
+  b

@@ -1,0 +1,5 @@
+FROM alpine
+RUN a \
+  b
+RUN c \
+  d

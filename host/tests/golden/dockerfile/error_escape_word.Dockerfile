@@ -1,0 +1,2 @@
+# escape=ab
+FROM alpine

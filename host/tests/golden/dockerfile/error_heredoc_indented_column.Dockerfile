@@ -1,0 +1,4 @@
+
+
+  	RUN <<EOF
+no end

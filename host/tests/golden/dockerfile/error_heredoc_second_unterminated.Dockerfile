@@ -1,0 +1,5 @@
+FROM alpine
+COPY <<a <<b /
+A
+a
+B

@@ -1,0 +1,5 @@
+# a leading comment
+# escape=`
+FROM alpine
+RUN echo \
+  continued

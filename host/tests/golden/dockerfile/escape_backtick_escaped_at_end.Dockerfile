@@ -1,0 +1,5 @@
+# escape=`
+FROM alpine
+RUN echo ``
+RUN echo c:\ 
+COPY ["c:\\a", "d:\\"]

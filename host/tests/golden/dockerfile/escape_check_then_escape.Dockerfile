@@ -1,0 +1,4 @@
+# check=skip=JSONArgsRecommended
+# escape=`
+# syntax=docker/dockerfile:1
+FROM alpine

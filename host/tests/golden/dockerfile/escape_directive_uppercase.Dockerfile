@@ -1,0 +1,3 @@
+#ESCAPE=`
+# SYNTAX=docker/dockerfile:1
+FROM alpine

@@ -1,0 +1,3 @@
+FROM alpine
+COPY --chown=a\ b x y
+RUN --mount=type=bind,source=a\,b true

@@ -1,0 +1,3 @@
+FROM --platform=linux/arm64 alpine AS arm
+FROM --platform=$BUILDPLATFORM alpine
+FROM --unknown alpine

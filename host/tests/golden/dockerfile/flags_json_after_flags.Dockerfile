@@ -1,0 +1,3 @@
+FROM alpine
+RUN --network=none ["echo", "exec"]
+COPY --from=build ["/a", "/b"]

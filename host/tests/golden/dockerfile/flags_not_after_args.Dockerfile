@@ -1,0 +1,6 @@
+FROM alpine
+COPY a --link b
+RUN echo --flag
+RUN -single true
+RUN --
+RUN -- --

@@ -1,0 +1,3 @@
+FROM a
+COPY ------chown="a b" --link x y
+RUN -- ----

@@ -1,0 +1,3 @@
+\
+	 OM a
+FROM b

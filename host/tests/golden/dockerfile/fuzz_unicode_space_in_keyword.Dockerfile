@@ -1,0 +1,4 @@
+FROM a
+onbuild ["x"]
+RUN x y
+ıv OLD value

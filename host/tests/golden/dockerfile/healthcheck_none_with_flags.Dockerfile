@@ -1,0 +1,3 @@
+FROM alpine
+HEALTHCHECK --interval=1s NONE
+HEALTHCHECK none

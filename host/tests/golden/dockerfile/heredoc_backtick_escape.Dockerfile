@@ -1,0 +1,6 @@
+# escape=`
+FROM alpine
+RUN <<EOF `
+  sh
+C:\path\with\backslashes `
+EOF

@@ -1,0 +1,5 @@
+FROM alpine
+RUN <<-"END" sh -e
+	set -x
+	echo $PATH
+	END

@@ -1,0 +1,6 @@
+FROM alpine
+RUN <<EOF
+line one
+line two
+EOF
+RUN echo next

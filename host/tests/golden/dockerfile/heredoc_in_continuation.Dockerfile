@@ -1,0 +1,9 @@
+FROM alpine
+RUN \
+  <<EOF sh
+echo inside
+EOF
+RUN cat <<EOF \
+  && echo done
+body
+EOF

@@ -1,0 +1,6 @@
+FROM alpine
+CMD <<EOF
+echo not a heredoc
+EOF
+ENTRYPOINT cat <<X
+X

@@ -1,0 +1,7 @@
+FROM alpine
+RUN cat << EOF
+spaced opener
+EOF
+RUN cat <<	TAB
+tabbed opener
+TAB

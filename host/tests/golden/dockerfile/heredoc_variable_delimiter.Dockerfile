@@ -1,0 +1,7 @@
+FROM alpine
+RUN <<$X
+body
+$X
+RUN <<${Y}
+more
+${Y}

@@ -1,0 +1,4 @@
+FROM alpine
+    RUN four spaces
+		COPY two tabs /
+  	 ENV MIX=1

@@ -1,0 +1,5 @@
+FROM alpine
+VOLUME ["/data"]
+VOLUME /var/lib /var/log
+VOLUME [/nope]
+VOLUME []

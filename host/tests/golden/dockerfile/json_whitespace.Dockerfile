@@ -1,0 +1,4 @@
+FROM alpine
+CMD	["tab"]
+CMD ["a"]   
+CMD   [	"b"	,	"c"	]

@@ -1,0 +1,4 @@
+fRoM alpine
+Run echo a
+copy a b
+EnTrYpOiNt ["x"]

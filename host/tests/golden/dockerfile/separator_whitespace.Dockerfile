@@ -1,0 +1,4 @@
+FROM alpine
+RUN	echo tab
+COPY	 	a	 b
+CMD 	 ["x"]

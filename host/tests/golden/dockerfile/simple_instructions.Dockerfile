@@ -1,0 +1,6 @@
+FROM alpine
+EXPOSE 80 443/tcp 53/udp 8000-8010
+USER app:app
+WORKDIR /srv/$APP
+STOPSIGNAL SIGKILL
+MAINTAINER Someone <s@example.com>
