@@ -46,9 +46,11 @@ impl Image {
         }
     }
 
-    /// The image config (`skopeo inspect --config`): `config.Env`, `rootfs`...
+    /// The image config as stored (`skopeo inspect --config --raw`):
+    /// without `--raw`, skopeo converts it to the OCI schema and drops
+    /// Docker-only fields such as `Shell`.
     pub fn config(&self) -> Result<Value> {
-        self.inspect(&["--config"])
+        self.inspect(&["--config", "--raw"])
     }
 
     /// The manifest digest (`sha256:...`) the registry or layout serves.

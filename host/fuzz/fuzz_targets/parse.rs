@@ -50,6 +50,7 @@ fn check_dockerfile(source: &str, dockerfile: &Dockerfile) {
         // again; one with heredocs needs their bodies.
         let continues = instruction
             .original
+            .trim_end_matches(['\r', '\n'])
             .trim_end_matches([' ', '\t'])
             .ends_with(dockerfile.escape);
         if instruction.heredocs.is_empty() && !continues {

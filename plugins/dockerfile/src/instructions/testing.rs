@@ -73,6 +73,7 @@ pub const BACKTICK_VARS: Fake = Fake {
     escape: '`',
 };
 
+/// An instruction at line 7 with `text` and nothing else.
 pub fn instruction(keyword: &str, text: &str) -> Instruction {
     Instruction {
         keyword: keyword.to_owned(),
@@ -85,6 +86,7 @@ pub fn instruction(keyword: &str, text: &str) -> Instruction {
     }
 }
 
+/// Adds `--name[=value]`.
 pub fn with_flag(mut instruction: Instruction, name: &str, value: Option<&str>) -> Instruction {
     instruction.flags.push(Flag {
         name: name.to_owned(),
@@ -93,11 +95,13 @@ pub fn with_flag(mut instruction: Instruction, name: &str, value: Option<&str>) 
     instruction
 }
 
+/// Marks the arguments as the JSON form `json`.
 pub fn with_json(mut instruction: Instruction, json: &[&str]) -> Instruction {
     instruction.json = Some(strings(json));
     instruction
 }
 
+/// Attaches a heredoc body.
 pub fn with_heredoc(
     mut instruction: Instruction,
     name: &str,
@@ -112,6 +116,7 @@ pub fn with_heredoc(
     instruction
 }
 
+/// A stage with an empty config and no ARGs.
 pub fn state() -> State {
     State {
         config: ImageConfig {
@@ -136,6 +141,7 @@ pub fn state() -> State {
     }
 }
 
+/// An ARG with or without a value.
 pub fn arg(name: &str, value: Option<&str>) -> Arg {
     Arg {
         name: name.to_owned(),
@@ -143,22 +149,27 @@ pub fn arg(name: &str, value: Option<&str>) -> Arg {
     }
 }
 
+/// Owned strings.
 pub fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
+/// Handles `instruction`, which must succeed.
 pub fn ok(instruction: Instruction, state: &State) -> Outcome {
     handle(&VARS, &instruction, state).unwrap()
 }
 
+/// Handles `instruction`, which must fail.
 pub fn handle_err(instruction: Instruction, state: &State) -> PluginError {
     handle(&VARS, &instruction, state).unwrap_err()
 }
 
+/// The message of the failure of `instruction`.
 pub fn err(instruction: Instruction, state: &State) -> String {
     handle_err(instruction, state).message
 }
 
+/// The single effect of `outcome`.
 pub fn only_effect(outcome: &Outcome) -> &Effect {
     assert_eq!(outcome.effects.len(), 1, "{outcome:?}");
     &outcome.effects[0]

@@ -1,0 +1,138 @@
+//! Build behaviours beyond one Dockerfile's contents: which .dockerignore
+//! wins, unused build args, secrets that never reach a layer or the log,
+//! and stages the target does not need.
+
+use anyhow::Result;
+use kiln_e2e::{BaseImage, BuildContext, Registry, run_kiln};
+use sha2::{Digest, Sha256};
+
+fn build(
+    context: &BuildContext,
+    registry: &Registry,
+    tag: &str,
+    extra: &[&str],
+) -> Result<kiln_e2e::KilnOutput> {
+    let mut args = vec![
+        "build".to_owned(),
+        "--context".to_owned(),
+        context.path().display().to_string(),
+        "--destination".to_owned(),
+        registry.reference(tag),
+        "--insecure-registry".to_owned(),
+        registry.addr(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    run_kiln(args, &[])
+}
+
+#[test]
+fn dockerfile_specific_dockerignore_takes_precedence() -> Result<()> {
+    let registry = Registry::start()?;
+    let context = BuildContext::with_dockerfile("FROM scratch\nCOPY . /ctx/\n")?;
+    context.write("keep.txt", "keep\n")?;
+    context.write("drop-by-dockerfile.txt", "x\n")?;
+    context.write("drop-by-context.txt", "y\n")?;
+    context.write(".dockerignore", "drop-by-context.txt\n")?;
+    context.write(
+        "Dockerfile.dockerignore",
+        "drop-by-dockerfile.txt\nDockerfile*\n",
+    )?;
+    build(&context, &registry, "ignore:1", &[])?.ensure_success()?;
+
+    let root = registry.image("ignore:1").flatten()?;
+    assert_eq!(root.read("/ctx/keep.txt")?, "keep\n");
+    assert!(!root.exists("/ctx/drop-by-dockerfile.txt"));
+    // The context's own .dockerignore is replaced, not merged.
+    assert_eq!(root.read("/ctx/drop-by-context.txt")?, "y\n");
+    assert!(!root.exists("/ctx/Dockerfile"));
+    Ok(())
+}
+
+#[test]
+fn unused_build_args_are_warned_about() -> Result<()> {
+    let registry = Registry::start()?;
+    let context = BuildContext::with_dockerfile("FROM scratch\nARG USED\nLABEL used=$USED\n")?;
+    let out = build(
+        &context,
+        &registry,
+        "args:1",
+        &["--build-arg", "USED=1", "--build-arg", "UNUSED=2"],
+    )?;
+    out.ensure_success()?;
+    let log = out.all();
+    assert!(
+        log.contains("[Warning] One or more build-args [UNUSED] were not consumed"),
+        "{log}"
+    );
+    assert_eq!(
+        registry.image("args:1").config()?["config"]["Labels"]["used"],
+        "1"
+    );
+    Ok(())
+}
+
+#[test]
+fn secrets_reach_run_but_never_a_layer_or_the_log() -> Result<()> {
+    let registry = Registry::start()?;
+    let base = BaseImage::busybox()?.push(&registry, "library/busybox:latest")?;
+    // The Dockerfile names only the secret's hash, so the value itself can
+    // be searched for in the log.
+    let hash = hex::encode(Sha256::digest(b"s3cr3t-value"));
+    let context = BuildContext::with_dockerfile(&format!(
+        "FROM {base}\nRUN --mount=type=secret,id=token test \"$(sha256sum < /run/secrets/token | cut -d' ' -f1)\" = {hash} && echo ok > /checked\n"
+    ))?;
+    let secret = tempfile::NamedTempFile::new()?;
+    std::fs::write(secret.path(), "s3cr3t-value")?;
+    let secret_flag = format!("id=token,src={}", secret.path().display());
+    let out = build(&context, &registry, "secret:1", &["--secret", &secret_flag])?;
+    out.ensure_success()?;
+    assert!(
+        !out.all().contains("s3cr3t-value"),
+        "the secret leaked into the log"
+    );
+
+    let image = registry.image("secret:1");
+    let layers = image.layer_count()?;
+    let entries = image.layer_entries(layers - 1)?;
+    let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["checked"],
+        "only the RUN's own file may be in its layer"
+    );
+    for i in 0..layers {
+        for e in image.layer_entries(i)? {
+            assert!(
+                !e.data.windows(12).any(|w| w == b"s3cr3t-value"),
+                "secret in layer {i} at {}",
+                e.path
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn only_the_stages_the_target_needs_are_built() -> Result<()> {
+    let registry = Registry::start()?;
+    let base = BaseImage::busybox()?.push(&registry, "library/busybox:latest")?;
+    let context = BuildContext::with_dockerfile(&format!(
+        "FROM {base} AS a\nRUN echo a > /a\nFROM {base} AS broken\nRUN exit 7\nFROM {base} AS b\nRUN echo b > /b\nFROM scratch AS final\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n"
+    ))?;
+    let out = build(&context, &registry, "dag:1", &[])?;
+    out.ensure_success()?;
+    assert!(
+        out.all().contains("Skipping unused stage broken"),
+        "{}",
+        out.all()
+    );
+    let root = registry.image("dag:1").flatten()?;
+    assert_eq!(
+        (root.read("/a")?, root.read("/b")?),
+        ("a\n".to_owned(), "b\n".to_owned())
+    );
+
+    let out = build(&context, &registry, "dag:2", &["--target", "broken"])?;
+    assert_eq!(out.code(), Some(7), "{}", out.all());
+    Ok(())
+}
