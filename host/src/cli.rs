@@ -47,6 +47,21 @@ pub struct BuildArgs {
     /// Write the pushed image's digest to this file.
     #[arg(long)]
     pub digest_file: Option<PathBuf>,
+    /// Also write the image as a docker-save tarball at this path.
+    #[arg(long)]
+    pub tar_path: Option<PathBuf>,
+    /// Write REPO@DIGEST for each destination to this file.
+    #[arg(long)]
+    pub image_name_with_digest_file: Option<PathBuf>,
+    /// Write REPO:TAG@DIGEST for each destination to this file.
+    #[arg(long)]
+    pub image_name_tag_with_digest_file: Option<PathBuf>,
+    /// Do not check that every destination accepts a push before building.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
+    pub skip_push_permission_check: bool,
+    /// Treat a rejected push of an immutable tag as a warning.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
+    pub push_ignore_immutable_tag_errors: bool,
     /// Build argument K=V; a bare K takes its value from the environment.
     #[arg(long = "build-arg")]
     pub build_args: Vec<String>,
@@ -62,6 +77,46 @@ pub struct BuildArgs {
     /// Registry reached over plain HTTP (repeatable).
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+    /// Push over plain HTTP.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
+    pub insecure: bool,
+    /// Pull over plain HTTP.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
+    pub insecure_pull: bool,
+    /// Do not verify TLS certificates when pushing.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
+    pub skip_tls_verify: bool,
+    /// Do not verify TLS certificates when pulling.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
+    pub skip_tls_verify_pull: bool,
+    /// Registry whose TLS certificate is not verified (repeatable).
+    #[arg(long = "skip-tls-verify-registry")]
+    pub skip_tls_verify_registries: Vec<String>,
+    /// Extra CA for a registry: REGISTRY=CA.pem (repeatable).
+    #[arg(long = "registry-certificate")]
+    pub registry_certificates: Vec<String>,
+    /// Client certificate for a registry: REGISTRY=CERT.pem,KEY.pem (repeatable).
+    #[arg(long = "registry-client-cert")]
+    pub registry_client_certs: Vec<String>,
+    /// Mirror for docker.io: HOST[/PREFIX] (repeatable; env: comma-separated).
+    #[arg(
+        long = "registry-mirror",
+        env = "KANIKO_REGISTRY_MIRROR",
+        value_delimiter = ','
+    )]
+    pub registry_mirrors: Vec<String>,
+    /// Registry replacements: ORIGINAL=NEW[;ORIGINAL=NEW...] (repeatable).
+    #[arg(long = "registry-map", env = "KANIKO_REGISTRY_MAP")]
+    pub registry_maps: Vec<String>,
+    /// Do not fall back to the original registry when every mirror fails.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
+    pub skip_default_registry_fallback: bool,
+    /// Retries of a failed registry request while pushing.
+    #[arg(long, default_value_t = crate::registry::DEFAULT_RETRIES)]
+    pub push_retry: u32,
+    /// Retries of a failed registry request while pulling.
+    #[arg(long, default_value_t = crate::registry::DEFAULT_RETRIES)]
+    pub image_download_retry: u32,
     /// A WebAssembly plugin adding instructions or context schemes (repeatable).
     #[arg(long = "plugin")]
     pub plugins: Vec<PathBuf>,
@@ -96,12 +151,6 @@ pub struct BuildArgs {
 pub struct NotYet {
     #[arg(long, hide = true)]
     context_sub_path: Option<String>,
-    #[arg(long, hide = true)]
-    tar_path: Option<String>,
-    #[arg(long, hide = true)]
-    image_name_with_digest_file: Option<String>,
-    #[arg(long, hide = true)]
-    image_name_tag_with_digest_file: Option<String>,
     #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     reproducible: Option<String>,
     #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
@@ -138,36 +187,8 @@ pub struct NotYet {
     compression: Option<String>,
     #[arg(long, hide = true)]
     compression_level: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    insecure: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    insecure_pull: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    skip_tls_verify: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    skip_tls_verify_pull: Option<String>,
-    #[arg(long, hide = true)]
-    skip_tls_verify_registry: Option<String>,
-    #[arg(long, hide = true)]
-    registry_certificate: Option<String>,
-    #[arg(long, hide = true)]
-    registry_client_cert: Option<String>,
-    #[arg(long, hide = true, env = "KANIKO_REGISTRY_MIRROR")]
-    registry_mirror: Option<String>,
-    #[arg(long, hide = true, env = "KANIKO_REGISTRY_MAP")]
-    registry_map: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    skip_default_registry_fallback: Option<String>,
-    #[arg(long, hide = true)]
-    push_retry: Option<String>,
-    #[arg(long, hide = true)]
-    image_download_retry: Option<String>,
     #[arg(long, hide = true)]
     image_fs_extract_retry: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    skip_push_permission_check: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    push_ignore_immutable_tag_errors: Option<String>,
     #[arg(long, hide = true)]
     git: Option<String>,
     #[arg(short = 'i', long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
@@ -177,17 +198,8 @@ pub struct NotYet {
 impl NotYet {
     /// The first unimplemented flag the user gave, as `--name`.
     pub fn first_given(&self) -> Option<&'static str> {
-        let flags: [(&'static str, bool); 39] = [
+        let flags: [(&'static str, bool); 22] = [
             ("--context-sub-path", self.context_sub_path.is_some()),
-            ("--tar-path", self.tar_path.is_some()),
-            (
-                "--image-name-with-digest-file",
-                self.image_name_with_digest_file.is_some(),
-            ),
-            (
-                "--image-name-tag-with-digest-file",
-                self.image_name_tag_with_digest_file.is_some(),
-            ),
             ("--reproducible", self.reproducible.is_some()),
             ("--cache", self.cache.is_some()),
             ("--cache-repo", self.cache_repo.is_some()),
@@ -206,53 +218,9 @@ impl NotYet {
             ("--force", self.force.is_some()),
             ("--compression", self.compression.is_some()),
             ("--compression-level", self.compression_level.is_some()),
-            ("--insecure", self.insecure.is_some()),
-            ("--insecure-pull", self.insecure_pull.is_some()),
-            ("--skip-tls-verify", self.skip_tls_verify.is_some()),
-            (
-                "--skip-tls-verify-pull",
-                self.skip_tls_verify_pull.is_some(),
-            ),
-            (
-                "--skip-tls-verify-registry",
-                self.skip_tls_verify_registry.is_some(),
-            ),
-            (
-                "--registry-certificate",
-                self.registry_certificate.is_some(),
-            ),
-            (
-                "--registry-client-cert",
-                self.registry_client_cert.is_some(),
-            ),
-            (
-                "--registry-mirror (or KANIKO_REGISTRY_MIRROR)",
-                self.registry_mirror.is_some(),
-            ),
-            (
-                "--registry-map (or KANIKO_REGISTRY_MAP)",
-                self.registry_map.is_some(),
-            ),
-            (
-                "--skip-default-registry-fallback",
-                self.skip_default_registry_fallback.is_some(),
-            ),
-            ("--push-retry", self.push_retry.is_some()),
-            (
-                "--image-download-retry",
-                self.image_download_retry.is_some(),
-            ),
             (
                 "--image-fs-extract-retry",
                 self.image_fs_extract_retry.is_some(),
-            ),
-            (
-                "--skip-push-permission-check",
-                self.skip_push_permission_check.is_some(),
-            ),
-            (
-                "--push-ignore-immutable-tag-errors",
-                self.push_ignore_immutable_tag_errors.is_some(),
             ),
             ("--git", self.git.is_some()),
             ("-i/--interactive", self.interactive.is_some()),
@@ -307,6 +275,30 @@ pub fn parse_ssh(spec: &str, auth_sock: Option<&str>) -> Result<(String, PathBuf
                 )
             }),
     }
+}
+
+/// Parses `--registry-certificate REGISTRY=PATH`.
+pub fn parse_registry_certificate(spec: &str) -> Result<(String, PathBuf), String> {
+    match spec.split_once('=') {
+        Some((reg, path)) if !reg.is_empty() && !path.is_empty() => {
+            Ok((reg.to_owned(), PathBuf::from(path)))
+        }
+        _ => Err(format!(
+            "invalid --registry-certificate {spec:?}: expected REGISTRY=CA.pem"
+        )),
+    }
+}
+
+/// Parses `--registry-client-cert REGISTRY=CERT,KEY`.
+pub fn parse_registry_client_cert(spec: &str) -> Result<(String, PathBuf, PathBuf), String> {
+    let parsed = spec.split_once('=').and_then(|(reg, files)| {
+        let (cert, key) = files.split_once(',')?;
+        (!reg.is_empty() && !cert.is_empty() && !key.is_empty())
+            .then(|| (reg.to_owned(), PathBuf::from(cert), PathBuf::from(key)))
+    });
+    parsed.ok_or_else(|| {
+        format!("invalid --registry-client-cert {spec:?}: expected REGISTRY=CERT.pem,KEY.pem")
+    })
 }
 
 /// Parses `K=V` pairs of `--label`.
@@ -370,8 +362,8 @@ mod tests {
             Some("--cache")
         );
         assert_eq!(
-            parse(&["--tar-path", "/x.tar"]).not_yet.first_given(),
-            Some("--tar-path")
+            parse(&["--snapshot-mode", "full"]).not_yet.first_given(),
+            Some("--snapshot-mode")
         );
         assert_eq!(
             parse(&["--reproducible"]).not_yet.first_given(),
@@ -412,6 +404,35 @@ mod tests {
             ("gh".into(), "/s.sock".into())
         );
         assert!(parse_ssh("default", None).is_err());
+    }
+
+    #[test]
+    fn registry_tls_flags() {
+        let b = parse(&[
+            "--insecure",
+            "--skip-tls-verify-pull",
+            "--registry-mirror",
+            "m1",
+            "--registry-mirror=m2",
+            "--push-retry",
+            "5",
+        ]);
+        assert!(b.insecure && b.skip_tls_verify_pull && !b.insecure_pull);
+        assert_eq!(b.registry_mirrors, vec!["m1", "m2"]);
+        assert_eq!(
+            (b.push_retry, b.image_download_retry),
+            (5, crate::registry::DEFAULT_RETRIES)
+        );
+        assert_eq!(
+            parse_registry_certificate("r:5000=/ca.pem").unwrap(),
+            ("r:5000".into(), "/ca.pem".into())
+        );
+        assert!(parse_registry_certificate("/ca.pem").is_err());
+        assert_eq!(
+            parse_registry_client_cert("r=/c.pem,/k.pem").unwrap(),
+            ("r".into(), "/c.pem".into(), "/k.pem".into())
+        );
+        assert!(parse_registry_client_cert("r=/c.pem").is_err());
     }
 
     #[test]

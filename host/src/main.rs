@@ -4,6 +4,7 @@ use clap::Parser;
 use kiln::build::{self, BuildError, Options};
 use kiln::cli::{self, BuildArgs, Cli, Command};
 use kiln::image::config::Platform;
+use kiln::registry::{self, RegistryOptions};
 use kiln::{logging, sandbox};
 use std::process::ExitCode;
 
@@ -71,12 +72,17 @@ fn build_options(args: &BuildArgs, isolation: Result<(), String>) -> anyhow::Res
         destinations: args.destinations.clone(),
         no_push: args.no_push,
         oci_layout_path: args.oci_layout_path.clone(),
+        tar_path: args.tar_path.clone(),
+        image_name_with_digest_file: args.image_name_with_digest_file.clone(),
+        image_name_tag_with_digest_file: args.image_name_tag_with_digest_file.clone(),
+        push_ignore_immutable_tag_errors: args.push_ignore_immutable_tag_errors,
+        push_permission_check: !args.skip_push_permission_check,
         digest_file: args.digest_file.clone(),
         build_args: build::resolve_build_args(&args.build_args, |k| std::env::var(k).ok()),
         labels,
         target: args.target.clone(),
         platform,
-        insecure_registries: args.insecure_registries.clone(),
+        registry: registry_options(args)?,
         plugins: args.plugins.clone(),
         kiln_dir: args
             .kaniko_dir
@@ -86,6 +92,49 @@ fn build_options(args: &BuildArgs, isolation: Result<(), String>) -> anyhow::Res
         isolation,
         secrets,
         ssh,
+    })
+}
+
+/// The registry settings of kaniko's transport and mirror flags.
+fn registry_options(args: &BuildArgs) -> anyhow::Result<RegistryOptions> {
+    let registry_certificates = args
+        .registry_certificates
+        .iter()
+        .map(|s| cli::parse_registry_certificate(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let registry_client_certs = args
+        .registry_client_certs
+        .iter()
+        .map(|s| cli::parse_registry_client_cert(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let mut registry_map = Vec::new();
+    for spec in &args.registry_maps {
+        registry_map.extend(registry::parse_registry_map(spec).map_err(anyhow::Error::msg)?);
+    }
+    Ok(RegistryOptions {
+        insecure_registries: args.insecure_registries.clone(),
+        docker_config_dir: None,
+        user_agent: format!("kiln/{}", env!("CARGO_PKG_VERSION")),
+        insecure_pull: args.insecure_pull,
+        insecure_push: args.insecure,
+        skip_tls_verify_push: args.skip_tls_verify,
+        skip_tls_verify_pull: args.skip_tls_verify_pull,
+        skip_tls_verify_registries: args.skip_tls_verify_registries.clone(),
+        registry_certificates,
+        registry_client_certs,
+        mirrors: args
+            .registry_mirrors
+            .iter()
+            .filter(|m| !m.is_empty())
+            .cloned()
+            .collect(),
+        registry_map,
+        skip_default_registry_fallback: args.skip_default_registry_fallback,
+        push_retries: args.push_retry,
+        pull_retries: args.image_download_retry,
+        proxy: None,
     })
 }
 

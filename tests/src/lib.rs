@@ -11,11 +11,16 @@ mod cases;
 mod command;
 mod compare;
 mod context;
+mod credentials;
 mod expected;
+mod faults;
 mod http;
 mod image;
 mod kiln;
 mod registry;
+mod skopeo;
+mod token;
+mod wire;
 
 pub use base::{APP_ID, BaseImage, add_data_files, busybox_rootfs};
 pub use buildah::{BuildSpec, Buildah, mounts_under};
@@ -25,8 +30,12 @@ pub use compare::{
     diff_configs, diff_trees,
 };
 pub use context::BuildContext;
+pub use credentials::{CredentialHelper, docker_config_json};
 pub use expected::check_expected;
+pub use faults::{Exchange, Fault, FaultProxy, Faults};
 pub use http::FileServer;
 pub use image::{Entry, EntryKind, Flattened, Image};
 pub use kiln::{KilnOutput, docker_config, kiln_bin, kiln_build, plugin_path, run_kiln};
 pub use registry::Registry;
+pub use skopeo::{copy as skopeo_copy, inspect_error, layer_digests, raw_manifest};
+pub use token::{ISSUER, SERVICE, TokenIssuer, TokenRequest};

@@ -2,6 +2,7 @@
 
 use crate::command;
 use crate::image::Image;
+use crate::token::TokenIssuer;
 use anyhow::{Context, Result, bail};
 use std::fs;
 use std::io::{Read, Write};
@@ -24,18 +25,35 @@ pub struct Registry {
     child: Child,
     addr: SocketAddr,
     credentials: Option<(String, String)>,
+    issuer: Option<TokenIssuer>,
     _dir: TempDir,
 }
 
 impl Registry {
     /// Starts an anonymous registry (pull and push need no credentials).
     pub fn start() -> Result<Registry> {
-        Registry::start_inner(None)
+        Registry::start_inner(None, None)
     }
 
     /// Starts a registry that requires HTTP basic auth for `user`/`password`.
     pub fn start_with_basic_auth(user: &str, password: &str) -> Result<Registry> {
-        Registry::start_inner(Some((user.to_owned(), password.to_owned())))
+        Registry::start_inner(Some((user.to_owned(), password.to_owned())), None)
+    }
+
+    /// Starts a registry in `auth: token` mode behind a token issuer of our
+    /// own that accepts `users`; the first user's credentials are the ones
+    /// [`Registry::image`] and [`Registry::credentials`] use.
+    pub fn start_with_token_auth(users: &[(&str, &str)]) -> Result<Registry> {
+        let issuer = TokenIssuer::start(users)?;
+        let credentials = users
+            .first()
+            .map(|(user, password)| ((*user).to_owned(), (*password).to_owned()));
+        Registry::start_inner(credentials, Some(issuer))
+    }
+
+    /// The token issuer of a registry started with token auth.
+    pub fn token_issuer(&self) -> Option<&TokenIssuer> {
+        self.issuer.as_ref()
     }
 
     /// `127.0.0.1:PORT`, as used in image references and `--insecure-registry`.
@@ -60,19 +78,23 @@ impl Registry {
             .map(|(user, password)| (user.as_str(), password.as_str()))
     }
 
-    fn start_inner(credentials: Option<(String, String)>) -> Result<Registry> {
+    fn start_inner(
+        credentials: Option<(String, String)>,
+        issuer: Option<TokenIssuer>,
+    ) -> Result<Registry> {
         let dir = tempfile::Builder::new()
             .prefix("kiln-registry-")
             .tempdir()?;
-        let auth = match &credentials {
-            Some((user, password)) => {
+        let auth = match (&issuer, &credentials) {
+            (Some(issuer), _) => issuer.registry_auth_config(),
+            (None, Some((user, password))) => {
                 write_htpasswd(&dir.path().join("htpasswd"), user, password)?;
                 format!(
                     "auth: {{htpasswd: {{realm: kiln-test, path: {}}}}}\n",
                     dir.path().join("htpasswd").display()
                 )
             }
-            None => String::new(),
+            (None, None) => String::new(),
         };
         let config_path = dir.path().join("config.yml");
         let log_path = dir.path().join("registry.log");
@@ -106,6 +128,7 @@ impl Registry {
                         child,
                         addr,
                         credentials,
+                        issuer,
                         _dir: dir,
                     });
                 }

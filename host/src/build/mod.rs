@@ -42,13 +42,23 @@ pub struct Options {
     pub destinations: Vec<String>,
     pub no_push: bool,
     pub oci_layout_path: Option<PathBuf>,
+    /// `--tar-path`: a docker-save tarball.
+    pub tar_path: Option<PathBuf>,
     pub digest_file: Option<PathBuf>,
+    /// `--image-name-with-digest-file`: `REPO@DIGEST` per destination.
+    pub image_name_with_digest_file: Option<PathBuf>,
+    /// `--image-name-tag-with-digest-file`: `REPO:TAG@DIGEST` per destination.
+    pub image_name_tag_with_digest_file: Option<PathBuf>,
+    pub push_ignore_immutable_tag_errors: bool,
+    /// Check that every destination accepts a push before building.
+    pub push_permission_check: bool,
     /// `--build-arg` values, already resolved.
     pub build_args: Vec<(String, String)>,
     pub labels: Vec<(String, String)>,
     pub target: Option<String>,
     pub platform: Platform,
-    pub insecure_registries: Vec<String>,
+    /// Registry transport, credentials, mirrors and retries.
+    pub registry: RegistryOptions,
     pub plugins: Vec<PathBuf>,
     pub kiln_dir: PathBuf,
     /// The kiln executable, re-run as the RUN sandbox's helper.
@@ -160,6 +170,8 @@ pub enum BuildError {
     },
     #[error("{0}")]
     Layout(#[from] crate::image::layout::LayoutError),
+    #[error("{0}")]
+    Tarball(#[from] crate::image::tarball::TarballError),
 }
 
 impl BuildError {
@@ -389,11 +401,13 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
         log::info!("Ignoring syntax directive {syntax}: kiln has its own Dockerfile frontend");
     }
 
-    let registry = Registry::new(RegistryOptions {
-        insecure_registries: opts.insecure_registries.clone(),
-        docker_config_dir: None,
-        user_agent: format!("kiln/{}", env!("CARGO_PKG_VERSION")),
-    })?;
+    let registry = Registry::new(opts.registry.clone())?;
+    if opts.push_permission_check && !opts.no_push {
+        // As kaniko does: fail before a long build rather than at its end.
+        for dest in output::parse_destinations(&opts.destinations)? {
+            registry.check_push_permission(&dest)?;
+        }
+    }
     let http = ureq::Agent::new_with_defaults();
     let sctx = StageCtx {
         http: &http,

@@ -7,7 +7,8 @@ use super::stage::{Layer, Stage, StageCtx};
 use crate::digest::Digest;
 use crate::image::layout::write_oci_layout;
 use crate::image::manifest::{self, Descriptor, Manifest};
-use crate::registry::{PushImage, Reference, RegistryError};
+use crate::image::tarball::write_docker_archive;
+use crate::registry::{PushImage, PushOptions, Reference, RegistryError};
 
 /// What a finished build produced.
 #[derive(Clone, Debug)]
@@ -33,6 +34,19 @@ fn layer_media_types(layers: &[Layer]) -> (bool, Vec<String>) {
 
 fn is_gzip(media_type: &str) -> bool {
     media_type == manifest::DOCKER_LAYER_GZIP || media_type == manifest::OCI_LAYER_GZIP
+}
+
+/// Parses every `--destination`.
+pub fn parse_destinations(destinations: &[String]) -> Result<Vec<Reference>, BuildError> {
+    destinations
+        .iter()
+        .map(|d| {
+            Reference::parse(d).map_err(|e| BuildError::Reference {
+                reference: d.clone(),
+                message: e.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// Writes the image of `stage` to every output in the options.
@@ -93,17 +107,17 @@ pub fn write(sctx: &StageCtx<'_>, stage: &Stage) -> Result<Outcome, BuildError> 
         }
     };
 
-    if let Some(dir) = &opts.oci_layout_path {
+    let destinations = parse_destinations(&opts.destinations)?;
+    let local_outputs = opts.oci_layout_path.is_some() || opts.tar_path.is_some();
+    if local_outputs {
         for d in &blobs {
             if !store.has_blob(&d.digest) {
                 fetch(&d.digest)?;
             }
         }
-        let ref_name = opts
-            .destinations
-            .first()
-            .and_then(|d| Reference::parse(d).ok())
-            .map(|r| r.tag_or_digest());
+    }
+    if let Some(dir) = &opts.oci_layout_path {
+        let ref_name = destinations.first().map(|r| r.tag_or_digest());
         let all: Vec<Descriptor> = blobs.iter().map(|d| (*d).clone()).collect();
         write_oci_layout(
             dir,
@@ -115,25 +129,64 @@ pub fn write(sctx: &StageCtx<'_>, stage: &Stage) -> Result<Outcome, BuildError> 
         )?;
         log::info!("Wrote image to OCI layout {}", dir.display());
     }
+    if let Some(path) = &opts.tar_path {
+        let tags: Vec<String> = destinations
+            .iter()
+            .filter(|r| r.tag.is_some())
+            .map(|r| r.to_string())
+            .collect();
+        write_docker_archive(path, &tags, &config_desc, &layers, store)?;
+        log::info!("Wrote image tarball {}", path.display());
+    }
 
-    if !opts.no_push {
+    if !opts.no_push && !destinations.is_empty() {
         for dest in &opts.destinations {
-            let reference = Reference::parse(dest).map_err(|e| BuildError::Reference {
-                reference: dest.clone(),
-                message: e.to_string(),
-            })?;
             log::info!("Pushing image to {dest}");
-            let image = PushImage {
-                manifest: &manifest_bytes,
-                manifest_media_type,
-                blobs: blobs.clone(),
-                source: Some(&fetch),
-            };
-            let pushed = sctx.registry.push(&reference, &image, store)?;
-            log::info!("Pushed {}@{pushed}", reference.repo_name());
+        }
+        let image = PushImage {
+            manifest: &manifest_bytes,
+            manifest_media_type,
+            blobs: blobs.clone(),
+            source: Some(&fetch),
+        };
+        let push_opts = PushOptions {
+            // Base layers can be mounted from the repository they were pulled from.
+            mount_from: stage
+                .layers
+                .iter()
+                .filter_map(|l| Some((l.desc.digest.clone(), l.source.clone()?)))
+                .collect(),
+            ignore_immutable_tag_errors: opts.push_ignore_immutable_tag_errors,
+        };
+        let pushed = sctx
+            .registry
+            .push_all(&destinations, &image, &push_opts, store)?;
+        for r in &destinations {
+            log::info!("Pushed {}@{pushed}", r.repo_name());
         }
     }
 
+    let name_lines = |with_tag: bool| -> String {
+        destinations
+            .iter()
+            .map(|r| match (&r.tag, with_tag) {
+                (Some(tag), true) => format!("{}:{tag}@{digest}\n", r.repo_name()),
+                _ => format!("{}@{digest}\n", r.repo_name()),
+            })
+            .collect()
+    };
+    let name_files = [
+        (&opts.image_name_with_digest_file, false),
+        (&opts.image_name_tag_with_digest_file, true),
+    ];
+    for (file, with_tag) in name_files {
+        if let Some(path) = file {
+            std::fs::write(path, name_lines(with_tag)).map_err(|source| BuildError::Output {
+                path: path.clone(),
+                source,
+            })?;
+        }
+    }
     if let Some(path) = &opts.digest_file {
         std::fs::write(path, digest.as_str()).map_err(|source| BuildError::Output {
             path: path.clone(),

@@ -73,6 +73,16 @@ pub(crate) fn is_go_digit(ch: char) -> bool {
     CodePointMapData::<GeneralCategory>::new().get(ch) == GeneralCategory::DecimalNumber
 }
 
+/// How much longer than its input an expansion may get. Nested `${V//a/b}` grow
+/// multiplicatively, so a few bytes of Dockerfile could otherwise exhaust memory
+/// (BuildKit has no bound). Linux caps one argument or environment string at
+/// 128 KiB, so no usable value comes near this.
+const MAX_GROWTH: usize = 1 << 20;
+
+/// Bound on pattern length times value length for `#`, `%` and `/` matching, whose
+/// cost is their product; about a second of work.
+const MAX_MATCH_WORK: usize = 1 << 28;
+
 /// Go's `string(rune)` for a character that may be the end of input.
 fn rune_str(ch: Option<char>) -> char {
     ch.unwrap_or('\u{FFFD}')
@@ -85,6 +95,8 @@ struct Lexer<'a> {
     mode: Mode,
     raw_escapes: bool,
     lookup: &'a dyn Fn(&str) -> Option<String>,
+    /// The longest result an expansion may produce (input length plus `MAX_GROWTH`).
+    limit: usize,
     /// Shared by nested `stop_on` calls: BuildKit resets one buffer for every
     /// nesting level, which decides how `${V:-a b}` splits into words.
     words_buf: String,
@@ -152,6 +164,7 @@ impl<'a> Lexer<'a> {
             mode,
             raw_escapes: mode.raw_escapes,
             lookup,
+            limit: text.len().saturating_add(MAX_GROWTH),
             words_buf: String::new(),
         }
     }
@@ -200,6 +213,7 @@ impl<'a> Lexer<'a> {
                 '$' => {
                     let tmp = self.dollar()?;
                     result.push_str(&tmp);
+                    self.check_len(&result)?;
                     words.add_string(&mut self.words_buf, &tmp);
                 }
                 '<' => {
@@ -289,7 +303,10 @@ impl<'a> Lexer<'a> {
                     }
                     return Ok(result);
                 }
-                Some('$') => result.push_str(&self.dollar()?),
+                Some('$') => {
+                    result.push_str(&self.dollar()?);
+                    self.check_len(&result)?;
+                }
                 Some(_) => {
                     let mut ch = self.next().unwrap_or_default();
                     if ch == self.escape {
@@ -310,6 +327,13 @@ impl<'a> Lexer<'a> {
                 }
             }
         }
+    }
+
+    fn check_len(&self, result: &str) -> Result<(), String> {
+        if result.len() > self.limit {
+            return Err(too_long(self.limit));
+        }
+        Ok(())
     }
 
     fn lookup(&self, name: &str) -> Option<String> {
@@ -414,7 +438,7 @@ impl<'a> Lexer<'a> {
                 let value = value.unwrap_or_default();
                 let pat = Pattern::compile(&pattern, true)
                     .map_err(|e| format!("invalid pattern ({pattern}) in substitution: {e}"))?;
-                Ok(pat.replace(&value, &replacement, all))
+                pat.replace(&value, &replacement, all, self.limit)
             }
             _ => Err(format!("unsupported modifier ({modifier}) in substitution")),
         }
@@ -517,8 +541,15 @@ impl Pattern {
     /// For every start position in `s`, the end of the match a leftmost-first
     /// regular expression engine prefers there, if any. Computed token by token
     /// from the end, so time is linear in pattern length times text length.
-    fn first_ends(&self, s: &[char]) -> Vec<Option<usize>> {
+    fn first_ends(&self, s: &[char]) -> Result<Vec<Option<usize>>, String> {
         let n = s.len();
+        if self.toks.len().saturating_mul(n + 1) > MAX_MATCH_WORK {
+            return Err(format!(
+                "a pattern of {} characters is too long to match against {n} characters: \
+                 shorten the pattern or the value",
+                self.toks.len()
+            ));
+        }
         let mut next: Vec<Option<usize>> = (0..=n).map(Some).collect();
         for tok in self.toks.iter().rev() {
             let mut cur = vec![None; n + 1];
@@ -556,7 +587,7 @@ impl Pattern {
             }
             next = cur;
         }
-        next
+        Ok(next)
     }
 
     /// The leftmost match at or after `from`, as (start, end).
@@ -564,15 +595,27 @@ impl Pattern {
         (from..ends.len()).find_map(|start| ends[start].map(|end| (start, end)))
     }
 
-    /// Go's `ReplaceAllString` (all) or a single literal splice of the first match.
-    fn replace(&self, value: &str, replacement: &str, all: bool) -> String {
+    /// Go's `ReplaceAllString` (all) or a single literal splice of the first match;
+    /// fails once the result would pass `limit` bytes.
+    fn replace(
+        &self,
+        value: &str,
+        replacement: &str,
+        all: bool,
+        limit: usize,
+    ) -> Result<String, String> {
         let s: Vec<char> = value.chars().collect();
-        let ends = self.first_ends(&s);
+        let ends = self.first_ends(&s)?;
         let text = |a: usize, b: usize| s[a..b].iter().collect::<String>();
         if !all {
-            return match Self::find(&ends, 0) {
+            let out = match Self::find(&ends, 0) {
                 Some((a, b)) => format!("{}{replacement}{}", text(0, a), text(b, s.len())),
                 None => value.to_owned(),
+            };
+            return if out.len() > limit {
+                Err(too_long(limit))
+            } else {
+                Ok(out)
             };
         }
         let mut out = String::new();
@@ -587,6 +630,9 @@ impl Pattern {
             if b > last_end || a == 0 {
                 out.push_str(&expand_template(replacement, &text(a, b)));
             }
+            if out.len() > limit {
+                return Err(too_long(limit));
+            }
             last_end = b;
             let width = usize::from(search < s.len());
             if search + width > b {
@@ -598,8 +644,18 @@ impl Pattern {
             }
         }
         out.push_str(&text(last_end, s.len()));
-        out
+        if out.len() > limit {
+            return Err(too_long(limit));
+        }
+        Ok(out)
     }
+}
+
+fn too_long(limit: usize) -> String {
+    format!(
+        "expansion result is longer than {limit} bytes: a nested or repeated substitution \
+         multiplies the text; expand in smaller steps"
+    )
 }
 
 /// Go's regexp template expansion for a pattern without groups: `$0` and `${0}`
@@ -643,7 +699,7 @@ fn trim_prefix(pattern: &str, value: &str, greedy: bool) -> Result<String, Strin
     let pat = Pattern::compile(pattern, greedy)
         .map_err(|e| format!("invalid pattern ({pattern}) in substitution: {e}"))?;
     let s: Vec<char> = value.chars().collect();
-    Ok(match pat.first_ends(&s)[0] {
+    Ok(match pat.first_ends(&s)?[0] {
         Some(end) => s[end..].iter().collect(),
         None => value.to_owned(),
     })

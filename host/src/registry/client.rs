@@ -8,7 +8,11 @@
 //! a retry wrapper around [`Registry::send`].
 
 use super::auth::{self, Challenge, Credential, DockerConfig, Lookup, TokenAnswer, TokenCache};
-use super::reference::api_host;
+use super::mirror;
+use super::proxy::ProxyConfig;
+use super::reference::{Reference, api_host};
+use super::retry;
+use super::tls::{self, Direction, Route, TlsChoice, TlsMaterial};
 use crate::digest::Digest;
 use crate::image::manifest::{Descriptor, Manifest, ManifestError};
 use crate::store::StoreError;
@@ -33,17 +37,74 @@ const ERROR_BODY_MAX: u64 = 64 * 1024;
 /// Token answers are small; anything bigger is not one.
 const TOKEN_BODY_MAX: u64 = 1024 * 1024;
 
+/// Retries per request when neither `--push-retry` nor `--image-download-retry` says otherwise.
+pub const DEFAULT_RETRIES: u32 = 3;
+
 /// How to reach registries and where credentials live.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RegistryOptions {
     /// Registries (`host[:port]`) that may fall back to plain http when
-    /// https fails; loopback registries always may, as with Docker.
+    /// https fails, both ways (`--insecure-registry`); loopback registries
+    /// always may, as with Docker.
     pub insecure_registries: Vec<String>,
     /// Directory of `config.json`; default `$DOCKER_CONFIG`, else
     /// `/kaniko/.docker` if it exists, else `~/.docker`.
     pub docker_config_dir: Option<PathBuf>,
     /// `User-Agent` sent with every request.
     pub user_agent: String,
+    /// Pulls may fall back to plain http from any registry (`--insecure-pull`).
+    pub insecure_pull: bool,
+    /// Pushes may fall back to plain http to any registry (`--insecure`).
+    pub insecure_push: bool,
+    /// Pushes accept any TLS certificate (`--skip-tls-verify`).
+    pub skip_tls_verify_push: bool,
+    /// Pulls accept any TLS certificate (`--skip-tls-verify-pull`).
+    pub skip_tls_verify_pull: bool,
+    /// Registries whose certificates are not verified, both ways (`--skip-tls-verify-registry`).
+    pub skip_tls_verify_registries: Vec<String>,
+    /// Extra CA (PEM) trusted for a registry (`--registry-certificate reg=ca.pem`).
+    pub registry_certificates: Vec<(String, PathBuf)>,
+    /// Client certificate chain and key (PEM) for a registry's mTLS
+    /// (`--registry-client-cert reg=cert.pem,key.pem`).
+    pub registry_client_certs: Vec<(String, PathBuf, PathBuf)>,
+    /// Docker Hub mirrors, `host[/path-prefix]`, tried in order before Docker
+    /// Hub (`--registry-mirror`, `KANIKO_REGISTRY_MIRROR`).
+    pub mirrors: Vec<String>,
+    /// Mirrors of any registry, tried in order before it (`--registry-map`,
+    /// `KANIKO_REGISTRY_MAP`; parse the flag with [`mirror::parse_registry_map`]).
+    pub registry_map: Vec<(String, Vec<String>)>,
+    /// Do not fall back to the original registry when mirrors apply
+    /// (`--skip-default-registry-fallback`).
+    pub skip_default_registry_fallback: bool,
+    /// Retries of a failed push request (`--push-retry`).
+    pub push_retries: u32,
+    /// Retries of a failed pull request (`--image-download-retry`).
+    pub pull_retries: u32,
+    /// Proxy settings; `None` reads `HTTPS_PROXY`, `HTTP_PROXY` and `NO_PROXY`.
+    pub proxy: Option<ProxyConfig>,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> RegistryOptions {
+        RegistryOptions {
+            insecure_registries: Vec::new(),
+            docker_config_dir: None,
+            user_agent: String::new(),
+            insecure_pull: false,
+            insecure_push: false,
+            skip_tls_verify_push: false,
+            skip_tls_verify_pull: false,
+            skip_tls_verify_registries: Vec::new(),
+            registry_certificates: Vec::new(),
+            registry_client_certs: Vec::new(),
+            mirrors: Vec::new(),
+            registry_map: Vec::new(),
+            skip_default_registry_fallback: false,
+            push_retries: DEFAULT_RETRIES,
+            pull_retries: DEFAULT_RETRIES,
+            proxy: None,
+        }
+    }
 }
 
 /// Registry failures, each saying what failed, where and what to do.
@@ -80,6 +141,27 @@ pub enum RegistryError {
         status: u16,
         message: String,
     },
+    #[error(
+        "registry {host} is busy: {method} {path} got HTTP {status}: {message} (raise --push-retry or --image-download-retry)"
+    )]
+    Throttled {
+        host: String,
+        method: &'static str,
+        path: String,
+        status: u16,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("cannot use certificate file {path} for registry TLS: {detail}")]
+    Certificate { path: PathBuf, detail: String },
+    #[error("invalid registry mirror {spec:?}: {detail}")]
+    BadMirror { spec: String, detail: String },
+    #[error("invalid proxy URL in ${var}: {detail}")]
+    BadProxy { var: &'static str, detail: String },
+    #[error(
+        "image {reference} could not be pulled from any mirror ({attempts}); drop --skip-default-registry-fallback to try the registry itself"
+    )]
+    MirrorsFailed { reference: String, attempts: String },
     #[error("{method} {url} failed: {source}")]
     Transport {
         method: &'static str,
@@ -204,19 +286,26 @@ pub struct Registry {
 }
 
 struct Inner {
-    agent: ureq::Agent,
-    insecure: Vec<String>,
+    opts: RegistryOptions,
+    proxy: ProxyConfig,
+    tls: TlsMaterial,
+    /// One agent per TLS setting and proxy: ureq fixes both per agent.
+    agents: Mutex<HashMap<(TlsChoice, Option<String>), ureq::Agent>>,
     config_path: Option<PathBuf>,
     config: DockerConfig,
     credentials: Mutex<HashMap<String, Credential>>,
-    endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
+    endpoints: Mutex<HashMap<(String, Route), Arc<Endpoint>>>,
     tokens: Mutex<TokenCache>,
+    /// Where each pulled image's manifest came from (original `repo_name`
+    /// to the reference on the mirror that served it), so its blobs follow.
+    sources: Mutex<HashMap<String, Reference>>,
 }
 
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Registry")
-            .field("insecure", &self.inner.insecure)
+            .field("insecure", &self.inner.opts.insecure_registries)
+            .field("mirrors", &self.inner.opts.mirrors)
             .field("config_path", &self.inner.config_path)
             .finish_non_exhaustive()
     }
@@ -235,7 +324,7 @@ fn host_of(authority: &str) -> &str {
 }
 
 /// Loopback registries may use plain http without being listed, as Docker allows.
-fn is_loopback(registry: &str) -> bool {
+pub(super) fn is_loopback(registry: &str) -> bool {
     let host = host_of(registry);
     host == "localhost"
         || host == "::1"
@@ -321,11 +410,24 @@ pub(super) fn header<'r>(resp: &'r Response, name: &str) -> Option<&'r str> {
     resp.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
+impl Repo<'_> {
+    /// Pushes and pulls have their own TLS and retry settings.
+    pub(super) fn direction(&self) -> Direction {
+        if self.push {
+            Direction::Push
+        } else {
+            Direction::Pull
+        }
+    }
+}
+
 impl Registry {
-    /// A client with the given options; reads the docker config once.
+    /// A client with the given options; reads the docker config, the
+    /// certificate files and the proxy settings once, and checks the mirrors.
     pub fn new(opts: RegistryOptions) -> Result<Registry, RegistryError> {
         let config_path = opts
             .docker_config_dir
+            .clone()
             .or_else(auth::default_config_dir)
             .map(|d| d.join("config.json"));
         let config = match &config_path {
@@ -335,25 +437,95 @@ impl Registry {
             })?,
             None => DockerConfig::default(),
         };
-        let mut builder = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
-            .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_per_read(Some(Duration::from_secs(300)));
-        if !opts.user_agent.is_empty() {
-            builder = builder.user_agent(opts.user_agent.as_str());
+        let tls = TlsMaterial::load(&opts).map_err(|bad| RegistryError::Certificate {
+            path: bad.path,
+            detail: bad.detail,
+        })?;
+        let proxy = opts.proxy.clone().unwrap_or_else(ProxyConfig::from_env);
+        for (var, url) in proxy.proxies() {
+            ureq::Proxy::new(url).map_err(|e| RegistryError::BadProxy {
+                var,
+                detail: e.to_string(),
+            })?;
+        }
+        let specs = opts
+            .mirrors
+            .iter()
+            .chain(opts.registry_map.iter().flat_map(|(_, news)| news));
+        for spec in specs {
+            mirror::check_mirror(spec).map_err(|detail| RegistryError::BadMirror {
+                spec: spec.clone(),
+                detail,
+            })?;
         }
         Ok(Registry {
             inner: Arc::new(Inner {
-                agent: builder.build().new_agent(),
-                insecure: opts.insecure_registries,
+                opts,
+                proxy,
+                tls,
+                agents: Mutex::new(HashMap::new()),
                 config_path,
                 config,
                 credentials: Mutex::new(HashMap::new()),
                 endpoints: Mutex::new(HashMap::new()),
                 tokens: Mutex::new(TokenCache::default()),
+                sources: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// The options this client was made with.
+    pub fn options(&self) -> &RegistryOptions {
+        &self.inner.opts
+    }
+
+    /// Retries allowed per request in `direction`.
+    pub(super) fn retries(&self, direction: Direction) -> u32 {
+        match direction {
+            Direction::Pull => self.inner.opts.pull_retries,
+            Direction::Push => self.inner.opts.push_retries,
+        }
+    }
+
+    /// The transport of `registry` in `direction`.
+    pub(super) fn route(&self, registry: &str, direction: Direction) -> Route {
+        tls::route(&self.inner.opts, registry, direction)
+    }
+
+    /// The agent for requests to `url` with TLS settings `choice`: the
+    /// proxy is chosen per URL, so upload locations and token servers on
+    /// other hosts get theirs.
+    pub(super) fn agent(&self, choice: &TlsChoice, url: &str) -> ureq::Agent {
+        let proxy = self.inner.proxy.proxy_for(url).map(str::to_owned);
+        let key = (choice.clone(), proxy);
+        let mut agents = lock(&self.inner.agents);
+        if let Some(a) = agents.get(&key) {
+            return a.clone();
+        }
+        let mut builder = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
+            .timeout_connect(Some(Duration::from_secs(30)))
+            .timeout_per_read(Some(Duration::from_secs(300)))
+            .tls_config(self.inner.tls.config(choice))
+            // Checked in `new`, so this cannot fail.
+            .proxy(key.1.as_deref().and_then(|p| ureq::Proxy::new(p).ok()));
+        if !self.inner.opts.user_agent.is_empty() {
+            builder = builder.user_agent(self.inner.opts.user_agent.as_str());
+        }
+        let agent = builder.build().new_agent();
+        agents.insert(key, agent.clone());
+        agent
+    }
+
+    /// Remembers that `original`'s manifest came from `served`.
+    pub(super) fn remember_source(&self, original: &Reference, served: &Reference) {
+        lock(&self.inner.sources).insert(original.repo_name(), served.clone());
+    }
+
+    /// Where `r`'s blobs were served from, if a mirror served its manifest.
+    pub(super) fn source_of(&self, r: &Reference) -> Option<Reference> {
+        lock(&self.inner.sources).get(&r.repo_name()).cloned()
     }
 
     /// Where credentials are looked up, for error messages.
@@ -364,22 +536,14 @@ impl Registry {
         }
     }
 
-    fn plain_http_allowed(&self, registry: &str) -> bool {
-        is_loopback(registry)
-            || self
-                .inner
-                .insecure
-                .iter()
-                .any(|r| r == registry || r == api_host(registry))
-    }
-
-    /// Pings `registry` once: https first, then plain http where allowed.
-    fn endpoint(&self, registry: &str) -> Result<Arc<Endpoint>, RegistryError> {
-        if let Some(ep) = lock(&self.inner.endpoints).get(registry) {
+    /// Pings `registry` once per route: https first, then plain http where allowed.
+    fn endpoint(&self, registry: &str, route: &Route) -> Result<Arc<Endpoint>, RegistryError> {
+        let key = (registry.to_owned(), route.clone());
+        if let Some(ep) = lock(&self.inner.endpoints).get(&key) {
             return Ok(ep.clone());
         }
         let host = api_host(registry);
-        let schemes: &[&str] = if self.plain_http_allowed(registry) {
+        let schemes: &[&str] = if route.plain_http {
             &["https", "http"]
         } else {
             &["https"]
@@ -387,8 +551,9 @@ impl Registry {
         let mut failures = Vec::new();
         for scheme in schemes {
             let base = format!("{scheme}://{host}");
-            log::debug!("ping {base}/v2/");
-            let resp = match self.inner.agent.get(format!("{base}/v2/")).call() {
+            let ping = format!("{base}/v2/");
+            log::debug!("ping {ping}");
+            let resp = match self.agent(&route.tls, &ping).get(&ping).call() {
                 Ok(resp) => resp,
                 Err(e) => {
                     failures.push(format!("{scheme}: {e}"));
@@ -406,17 +571,22 @@ impl Registry {
                         .collect(),
                 ),
                 status => {
+                    let mut message = error_message(resp);
+                    if !failures.is_empty() {
+                        // An https server asked in plain http answers 400: the https error is the real one.
+                        message = format!("{message}; before that {}", failures.join("; "));
+                    }
                     return Err(RegistryError::Status {
                         host: registry.to_owned(),
                         method: "GET",
                         path: "/v2/".to_owned(),
                         status,
-                        message: error_message(resp),
+                        message,
                     });
                 }
             };
             let ep = Arc::new(Endpoint { base, challenge });
-            lock(&self.inner.endpoints).insert(registry.to_owned(), ep.clone());
+            lock(&self.inner.endpoints).insert(key, ep.clone());
             return Ok(ep);
         }
         Err(RegistryError::Unreachable {
@@ -528,7 +698,8 @@ impl Registry {
                 detail: "its Bearer challenge has no realm".to_owned(),
             })?;
         let service = challenge.param("service");
-        let agent = &self.inner.agent;
+        // The token server is part of the registry's deployment: same TLS trust.
+        let agent = &self.agent(&self.route(repo.registry, repo.direction()).tls, realm);
         let get = |basic: Option<String>| {
             let mut rb = agent.get(realm);
             if let Some(s) = service {
@@ -597,8 +768,10 @@ impl Registry {
         path: &str,
         call: &SendFn<'_>,
     ) -> Result<Response, RegistryError> {
-        let ep = self.endpoint(repo.registry)?;
+        let route = self.route(repo.registry, repo.direction());
+        let ep = self.endpoint(repo.registry, &route)?;
         let url = absolute_url(&ep.base, path);
+        let agent = self.agent(&route.tls, &url);
         let ours = url
             .strip_prefix(&ep.base)
             .is_some_and(|rest| rest.starts_with('/'));
@@ -614,7 +787,7 @@ impl Registry {
             None
         };
         log::debug!("{method} {url}");
-        let resp = call(&self.inner.agent, &url, auth.as_deref()).map_err(transport)?;
+        let resp = call(&agent, &url, auth.as_deref()).map_err(transport)?;
         if resp.status().as_u16() != 401 || !ours {
             return Ok(resp);
         }
@@ -639,10 +812,11 @@ impl Registry {
             return Ok(resp);
         }
         log::debug!("{method} {url} (again, with refreshed credentials)");
-        call(&self.inner.agent, &url, retry.as_deref()).map_err(transport)
+        call(&agent, &url, retry.as_deref()).map_err(transport)
     }
 
-    /// The error for an unexpected response: 401/403 as unauthorized,
+    /// The error for an unexpected response: 401/403 as unauthorized, 429
+    /// (or 503 with `Retry-After`) as throttled with the wait it asks for,
     /// anything else with its status and the registry's message.
     pub(super) fn status_error(
         &self,
@@ -652,8 +826,17 @@ impl Registry {
         resp: Response,
     ) -> RegistryError {
         let status = resp.status().as_u16();
+        let retry_after = header(&resp, "retry-after").and_then(retry::parse_retry_after);
         let message = error_message(resp);
         match status {
+            429 | 503 if status == 429 || retry_after.is_some() => RegistryError::Throttled {
+                host: repo.registry.to_owned(),
+                method,
+                path: path.to_owned(),
+                status,
+                message,
+                retry_after,
+            },
             401 | 403 => RegistryError::Unauthorized {
                 host: repo.registry.to_owned(),
                 repository: repo.repository.to_owned(),
@@ -741,13 +924,14 @@ mod tests {
         let reg = Registry::new(RegistryOptions {
             insecure_registries: vec!["my.reg:5000".into(), "registry-1.docker.io".into()],
             docker_config_dir: Some(tempfile::tempdir().unwrap().path().to_owned()),
-            user_agent: String::new(),
+            ..RegistryOptions::default()
         })
         .unwrap();
-        assert!(reg.plain_http_allowed("my.reg:5000"));
-        assert!(!reg.plain_http_allowed("my.reg"));
-        assert!(reg.plain_http_allowed("index.docker.io"));
-        assert!(!reg.plain_http_allowed("gcr.io"));
+        let plain = |r: &str| reg.route(r, Direction::Pull).plain_http;
+        assert!(plain("my.reg:5000"));
+        assert!(!plain("my.reg"));
+        assert!(plain("index.docker.io"));
+        assert!(!plain("gcr.io"));
     }
 
     #[test]

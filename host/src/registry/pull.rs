@@ -4,7 +4,9 @@
 use super::client::{
     PulledImage, Registry, RegistryError, Repo, Response, authorized, error_message, header,
 };
+use super::mirror;
 use super::reference::Reference;
+use super::tls::Direction;
 use crate::digest::Digest;
 use crate::image::config::Platform;
 use crate::image::manifest::{self, ACCEPT_MANIFESTS, Descriptor, ManifestKind};
@@ -22,7 +24,10 @@ impl Registry {
     /// Resolves `r` to a single-platform image: fetches the manifest (Docker
     /// schema 2 or OCI; from a manifest list or index, the entry for
     /// `platform`, e.g. `linux/amd64` or `linux/arm64/v8`), verifies its
-    /// digest, then fetches and verifies the config blob.
+    /// digest, then fetches and verifies the config blob. Mirrors that
+    /// apply to `r` are tried first, in order; one that fails (unreachable,
+    /// erroring after retries, lacking the image) passes to the next, and
+    /// the blobs of `r` then come from the mirror that answered.
     pub fn pull_manifest(
         &self,
         r: &Reference,
@@ -30,6 +35,50 @@ impl Registry {
     ) -> Result<PulledImage, RegistryError> {
         let wanted = Platform::parse(platform)
             .ok_or_else(|| RegistryError::BadPlatform(platform.to_owned()))?;
+        let mut failures = Vec::new();
+        for c in self.candidates(r)? {
+            let Some(mirror) = &c.mirror else {
+                if !failures.is_empty() {
+                    log::info!("Retrieving image {r} from its registry {}", r.registry);
+                }
+                return self.pull_manifest_from(&c.reference, &wanted);
+            };
+            log::info!("Retrieving image {r} from mirror {mirror}");
+            match self.pull_manifest_from(&c.reference, &wanted) {
+                Ok(image) => {
+                    self.remember_source(r, &c.reference);
+                    return Ok(image);
+                }
+                Err(e) => {
+                    log::warn!("Failed to retrieve image {r} from mirror {mirror}: {e}");
+                    failures.push(format!("{mirror}: {e}"));
+                }
+            }
+        }
+        Err(RegistryError::MirrorsFailed {
+            reference: r.to_string(),
+            attempts: failures.join("; "),
+        })
+    }
+
+    /// Where to pull `r` from, mirrors first.
+    fn candidates(&self, r: &Reference) -> Result<Vec<mirror::Candidate>, RegistryError> {
+        let o = self.options();
+        mirror::candidates(
+            r,
+            &o.mirrors,
+            &o.registry_map,
+            o.skip_default_registry_fallback,
+        )
+        .map_err(|(spec, detail)| RegistryError::BadMirror { spec, detail })
+    }
+
+    /// [`Registry::pull_manifest`] from one place, without mirrors.
+    fn pull_manifest_from(
+        &self,
+        r: &Reference,
+        wanted: &Platform,
+    ) -> Result<PulledImage, RegistryError> {
         let repo = Repo {
             registry: &r.registry,
             repository: &r.repository,
@@ -39,7 +88,11 @@ impl Registry {
         let mut expected: Option<(Digest, Option<u64>)> = r.digest.clone().map(|d| (d, None));
         for _ in 0..=INDEX_DEPTH_MAX {
             let what = format!("manifest {}", display_target(&r.repo_name(), &target));
-            let (bytes, content_type) = self.get_manifest(&repo, r, &target)?;
+            let (bytes, content_type) = self.with_retry(
+                Direction::Pull,
+                &format!("GET {}/v2/{}/manifests/{target}", r.registry, r.repository),
+                || self.get_manifest(&repo, r, &target),
+            )?;
             let digest = Digest::of(&bytes);
             if let Some((want, size)) = &expected {
                 if *want != digest {
@@ -68,7 +121,14 @@ impl Registry {
                 })?;
             match parsed {
                 ManifestKind::Image(manifest) => {
-                    let config = self.get_config(&repo, &manifest.config)?;
+                    let config = self.with_retry(
+                        Direction::Pull,
+                        &format!(
+                            "GET {}/v2/{}/blobs/{}",
+                            r.registry, r.repository, manifest.config.digest
+                        ),
+                        || self.get_config(&repo, &manifest.config),
+                    )?;
                     return Ok(PulledImage {
                         manifest_digest: digest,
                         manifest: *manifest,
@@ -76,7 +136,7 @@ impl Registry {
                     });
                 }
                 ManifestKind::Index(index) => {
-                    let entry = manifest::select_platform(&index, &wanted).ok_or_else(|| {
+                    let entry = manifest::select_platform(&index, wanted).ok_or_else(|| {
                         RegistryError::PlatformNotFound {
                             reference: r.to_string(),
                             platform: wanted.to_string(),
@@ -95,7 +155,10 @@ impl Registry {
     }
 
     /// Downloads blob `digest` of `r`'s repository into `store`, streaming
-    /// and verifying it; does nothing if the store has it.
+    /// and verifying it; does nothing if the store has it. The blob comes
+    /// from the mirror that served `r`'s manifest, else from the first of
+    /// `r`'s mirrors and registry that has it. A download that breaks off
+    /// is retried from the start.
     pub fn fetch_blob(
         &self,
         r: &Reference,
@@ -105,6 +168,43 @@ impl Registry {
         if store.has_blob(digest) {
             return Ok(());
         }
+        let mut sources: Vec<Reference> = self
+            .candidates(r)?
+            .into_iter()
+            .map(|c| c.reference)
+            .collect();
+        if let Some(served) = self.source_of(r) {
+            sources.retain(|s| *s != served);
+            sources.insert(0, served);
+        }
+        let mut result = Ok(());
+        for (i, src) in sources.iter().enumerate() {
+            result = self.with_retry(
+                Direction::Pull,
+                &format!("GET {}/v2/{}/blobs/{digest}", src.registry, src.repository),
+                || self.fetch_blob_from(src, digest, store),
+            );
+            match &result {
+                Err(e) if i + 1 < sources.len() => {
+                    log::warn!(
+                        "Failed to fetch blob {digest} from {}: {e}; trying {}",
+                        src.repo_name(),
+                        sources[i + 1].repo_name()
+                    );
+                }
+                _ => break,
+            }
+        }
+        result
+    }
+
+    /// One attempt at [`Registry::fetch_blob`] from `r`'s registry.
+    fn fetch_blob_from(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        store: &Store,
+    ) -> Result<(), RegistryError> {
         let repo = Repo {
             registry: &r.registry,
             repository: &r.repository,

@@ -218,7 +218,8 @@ fn split_registry(name: &str) -> (&str, &str) {
     }
 }
 
-fn valid_registry(r: &str) -> bool {
+/// Whether `r` is a valid `host[:port]` (or `[ipv6][:port]`).
+pub(super) fn valid_registry(r: &str) -> bool {
     let (host, port) = if let Some(rest) = r.strip_prefix('[') {
         let Some((ip6, after)) = rest.split_once(']') else {
             return false;
@@ -251,7 +252,7 @@ fn valid_registry(r: &str) -> bool {
 }
 
 /// `[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*`
-fn valid_component(c: &str) -> bool {
+pub(super) fn valid_component(c: &str) -> bool {
     let b = c.as_bytes();
     let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
     if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {

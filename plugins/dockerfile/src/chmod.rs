@@ -1,5 +1,8 @@
 //! `COPY`/`ADD --chmod` values: octal, or symbolic as chmod(1) and BSD's
-//! `setmode` read them (the parser BuildKit uses), with BuildKit's errors.
+//! `setmode` read them, with BuildKit's errors. The symbolic parser follows
+//! `ParseWithUmask` of tonistiigi/dchapes-mode as BuildKit vendors it
+//! (v0.0.0-20250318174251-73d941a28323): `X` also counts with `=`, and
+//! `-X` clears like `-x`.
 
 const SET_UID: u16 = 0o4000;
 const SET_GID: u16 = 0o2000;
@@ -108,8 +111,8 @@ fn symbolic(mut s: &[u8]) -> Option<Vec<Command>> {
                     }
                     b's' | b't' => {}
                     b'w' => perm |= WRITE,
-                    b'X' if op == b'+' => perm_x = EXECUTE,
-                    b'X' => {}
+                    b'X' if op == b'-' => perm |= EXECUTE,
+                    b'X' => perm_x = EXECUTE,
                     b'x' => perm |= EXECUTE,
                     from @ (b'u' | b'g' | b'o') => {
                         if perm != 0 {
@@ -275,8 +278,11 @@ mod tests {
             ("a+x", 0o600, 0o711),
             ("go-w", 0o666, 0o644),
             ("a=rX", 0o640, 0o444),
-            // BSD's setmode honours X only with +.
-            ("a=rX", 0o750, 0o444),
+            // X counts with = too, and -X clears like -x.
+            ("a=rX", 0o750, 0o555),
+            ("u=rwX,go=rX", 0o700, 0o755),
+            ("u=rwX,go=rX", 0o644, 0o644),
+            ("-X", 0o777, 0o666),
             ("a+rX", 0o710, 0o755),
             ("a+rX", 0o600, 0o644),
             ("u=rwx,go=rx", 0o000, 0o755),
@@ -295,6 +301,7 @@ mod tests {
             assert_eq!(applied(text, *from), *to, "{text} on {from:o}");
         }
         assert_eq!(parse("+X").unwrap().apply(0o644, true), 0o755);
+        assert_eq!(parse("u=rwX,go=rX").unwrap().apply(0o644, true), 0o755);
     }
 
     #[test]

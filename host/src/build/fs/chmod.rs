@@ -1,6 +1,9 @@
 //! `--chmod` modes: octal (`755`) or chmod(1)'s symbolic clauses
-//! (`u+x,g-w,o=r`, `a+rX`, `go=u-w`), applied the way BuildKit applies them
-//! (BSD `setmode` semantics with a umask of 0).
+//! (`u+x,g-w,o=r`, `a+rX`, `go=u-w`), applied the way BuildKit applies them:
+//! fsutil's `copier.copyFileInfo` runs `Set.Apply` of tonistiigi/dchapes-mode
+//! (a port of BSD `setmode`, umask 0) as vendored by BuildKit
+//! (v0.0.0-20250318174251-73d941a28323), where `X` also counts with `=`
+//! and `-X` clears like `-x`.
 
 use super::FsError;
 
@@ -124,8 +127,8 @@ fn parse_symbolic(spec: &str) -> Result<Vec<ModeOp>, FsError> {
                     Some(b'r') => perm |= READ,
                     Some(b'w') => perm |= WRITE,
                     Some(b'x') => perm |= EXEC,
-                    Some(b'X') if op == b'+' => perm_x = EXEC,
-                    Some(b'X') => {}
+                    Some(b'X') if op == b'-' => perm |= EXEC,
+                    Some(b'X') => perm_x = EXEC,
                     Some(b's') if not_only_other => perm |= SUID | SGID,
                     Some(b't') if not_only_other => {
                         who |= STICKY;
@@ -284,7 +287,13 @@ mod tests {
             ("+s", 0o000, false, 0o6000),
             ("-r", 0o777, false, 0o333),
             ("-w", 0o777, false, 0o555),
-            ("-X", 0o777, false, 0o777),
+            ("-X", 0o777, false, 0o666),
+            ("-X", 0o777, true, 0o666),
+            ("u=rwX,go=rX", 0o755, true, 0o755),
+            ("u=rwX,go=rX", 0o644, false, 0o644),
+            ("u=rwX,go=rX", 0o700, false, 0o755),
+            ("a=rX", 0o640, false, 0o444),
+            ("a=rX", 0o700, true, 0o555),
             ("-s", 0o6777, false, 0o777),
             ("u-s", 0o4777, false, 0o777),
             ("u=rw", 0o777, false, 0o677),

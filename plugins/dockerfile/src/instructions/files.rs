@@ -119,7 +119,9 @@ impl<H: Expander> Cx<'_, H> {
         created_by.push_str(&format!(" {dest_written} # buildkit"));
 
         let mut effects = Vec::with_capacity(1 + inline.len());
-        let link = flags.is_true("link");
+        // BuildKit's dispatchCopy takes the linked path only without
+        // --chmod; with it, a --link copy is an ordinary copy.
+        let link = flags.is_true("link") && chmod.is_none();
         let excludes = flags.values("exclude").to_vec();
         if !source_paths.is_empty() {
             effects.push(if add {
