@@ -4,8 +4,9 @@
 //! the parser only to fail with a clear "not supported yet" error.
 
 use crate::build::SecretSource;
+use crate::layer::Compression;
 use crate::logging::Format;
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 /// The WIT package version this host implements.
@@ -68,6 +69,9 @@ pub struct BuildArgs {
     /// Label K=V added to the image (repeatable).
     #[arg(long = "label")]
     pub labels: Vec<String>,
+    /// Same inputs, same digest: timestamps are clamped to `SOURCE_DATE_EPOCH` (default 0).
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
+    pub reproducible: bool,
     /// Stage to build as the image.
     #[arg(long)]
     pub target: Option<String>,
@@ -138,6 +142,15 @@ pub struct BuildArgs {
     /// SSH agent for `RUN --mount=type=ssh`: `default` or `ID[=SOCKET]` (repeatable).
     #[arg(long = "ssh")]
     pub ssh: Vec<String>,
+    /// Layer compression: gzip, or zstd (which makes the manifest OCI).
+    #[arg(long, value_enum, default_value = "gzip")]
+    pub compression: CompressionKind,
+    /// Compression level: gzip 0-9, zstd 1-22; -1 is the default (gzip 6, zstd 3).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub compression_level: i32,
+    /// Write OCI media types (manifest, config, layers) even for gzip layers.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
+    pub oci_media_types: bool,
     /// Build only the stages the target needs (always the case; kept for kaniko).
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = true, default_missing_value = "true")]
     pub skip_unused_stages: bool,
@@ -151,8 +164,6 @@ pub struct BuildArgs {
 pub struct NotYet {
     #[arg(long, hide = true)]
     context_sub_path: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    reproducible: Option<String>,
     #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     cache: Option<String>,
     #[arg(long, hide = true)]
@@ -184,10 +195,6 @@ pub struct NotYet {
     #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     force: Option<String>,
     #[arg(long, hide = true)]
-    compression: Option<String>,
-    #[arg(long, hide = true)]
-    compression_level: Option<String>,
-    #[arg(long, hide = true)]
     image_fs_extract_retry: Option<String>,
     #[arg(long, hide = true)]
     git: Option<String>,
@@ -198,9 +205,8 @@ pub struct NotYet {
 impl NotYet {
     /// The first unimplemented flag the user gave, as `--name`.
     pub fn first_given(&self) -> Option<&'static str> {
-        let flags: [(&'static str, bool); 22] = [
+        let flags: [(&'static str, bool); 19] = [
             ("--context-sub-path", self.context_sub_path.is_some()),
-            ("--reproducible", self.reproducible.is_some()),
             ("--cache", self.cache.is_some()),
             ("--cache-repo", self.cache_repo.is_some()),
             ("--cache-dir", self.cache_dir.is_some()),
@@ -216,8 +222,6 @@ impl NotYet {
             ("--ignore-var-run", self.ignore_var_run.is_some()),
             ("--cleanup", self.cleanup.is_some()),
             ("--force", self.force.is_some()),
-            ("--compression", self.compression.is_some()),
-            ("--compression-level", self.compression_level.is_some()),
             (
                 "--image-fs-extract-retry",
                 self.image_fs_extract_retry.is_some(),
@@ -230,6 +234,33 @@ impl NotYet {
             .find(|(_, given)| *given)
             .map(|(name, _)| name)
     }
+}
+
+/// The values of `--compression`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CompressionKind {
+    Gzip,
+    Zstd,
+}
+
+/// The layer compression that `--compression` and `--compression-level`
+/// ask for; level -1 is the format's default, as in kaniko.
+pub fn parse_compression(kind: CompressionKind, level: i32) -> Result<Compression, String> {
+    let compression = match (kind, level) {
+        (CompressionKind::Gzip, -1) => Compression::GZIP,
+        (CompressionKind::Zstd, -1) => Compression::ZSTD,
+        (CompressionKind::Gzip, level) => Compression::Gzip {
+            level: u32::try_from(level).map_err(|_| {
+                format!(
+                    "invalid --compression-level {level} for gzip: use 0 (store) to 9 (smallest), or -1 for the default"
+                )
+            })?,
+        },
+        (CompressionKind::Zstd, level) => Compression::Zstd { level },
+    };
+    compression
+        .validate()
+        .map_err(|e| format!("--compression-level: {e}, or -1 for the default"))
 }
 
 /// Parses `--secret id=ID[,src=FILE|,source=FILE|,env=VAR]`, BuildKit's
@@ -274,6 +305,17 @@ pub fn parse_ssh(spec: &str, auth_sock: Option<&str>) -> Result<(String, PathBuf
                     "--ssh {spec}: SSH_AUTH_SOCK is not set; give the agent socket as {spec}=PATH"
                 )
             }),
+    }
+}
+
+/// The epoch `--reproducible` clamps timestamps to: `SOURCE_DATE_EPOCH`,
+/// or 0 as kaniko uses.
+pub fn reproducible_epoch(source_date_epoch: Option<&str>) -> Result<u64, String> {
+    match source_date_epoch.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(0),
+        Some(v) => v
+            .parse()
+            .map_err(|_| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
     }
 }
 
@@ -366,9 +408,45 @@ mod tests {
             Some("--snapshot-mode")
         );
         assert_eq!(
-            parse(&["--reproducible"]).not_yet.first_given(),
-            Some("--reproducible")
+            parse(&["--use-new-run"]).not_yet.first_given(),
+            Some("--use-new-run")
         );
+    }
+
+    #[test]
+    fn compression_flags_give_validated_levels() {
+        let given = |args: &[&str]| {
+            let b = parse(args);
+            parse_compression(b.compression, b.compression_level)
+        };
+        assert_eq!(given(&[]), Ok(Compression::Gzip { level: 6 }));
+        assert_eq!(
+            given(&["--compression", "zstd"]),
+            Ok(Compression::Zstd { level: 3 })
+        );
+        assert_eq!(
+            given(&["--compression=zstd", "--compression-level", "19"]),
+            Ok(Compression::Zstd { level: 19 })
+        );
+        assert_eq!(
+            given(&["--compression-level=1"]),
+            Ok(Compression::Gzip { level: 1 })
+        );
+        let err = given(&["--compression=zstd", "--compression-level=0"]).unwrap_err();
+        assert!(err.contains("invalid zstd compression level 0"), "{err}");
+        let err = given(&["--compression-level", "-3"]).unwrap_err();
+        assert!(err.contains("-3 for gzip"), "{err}");
+        assert!(given(&["--compression-level", "10"]).is_err());
+        let b = Cli::try_parse_from(["kiln", "build", "--compression", "xz"]);
+        assert!(b.is_err());
+    }
+
+    #[test]
+    fn oci_media_types_is_a_kaniko_style_bool() {
+        assert!(!parse(&[]).oci_media_types);
+        assert!(parse(&["--oci-media-types"]).oci_media_types);
+        assert!(parse(&["--oci-media-types=true"]).oci_media_types);
+        assert!(!parse(&["--oci-media-types=false"]).oci_media_types);
     }
 
     #[test]
@@ -433,6 +511,14 @@ mod tests {
             ("r".into(), "/c.pem".into(), "/k.pem".into())
         );
         assert!(parse_registry_client_cert("r=/c.pem").is_err());
+    }
+
+    #[test]
+    fn reproducible_epoch_comes_from_source_date_epoch() {
+        assert_eq!(reproducible_epoch(None), Ok(0));
+        assert_eq!(reproducible_epoch(Some("1700000000")), Ok(1_700_000_000));
+        assert!(reproducible_epoch(Some("yesterday")).is_err());
+        assert!(parse(&["--reproducible"]).reproducible);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod image;
 pub mod layer;
 pub mod logging;
 pub mod plugin;
+pub mod progress;
 pub mod registry;
 pub mod sandbox;
 pub mod snapshot;

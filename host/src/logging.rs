@@ -1,7 +1,7 @@
 //! kaniko-compatible log output: `INFO[0005] message` (seconds since start),
 //! with `--log-format color|text|json` and `--log-timestamp`.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -38,6 +38,7 @@ pub fn init(level: log::LevelFilter, format: Format, timestamp: bool) {
     });
     if log::set_logger(logger).is_ok() {
         log::set_max_level(level);
+        crate::progress::configure(format == Format::Json);
     }
 }
 
@@ -131,8 +132,9 @@ impl log::Log for Logger {
                 )
             }
         };
-        // One write per line keeps lines whole when threads log concurrently.
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        // One write per line keeps lines whole when threads log concurrently;
+        // progress bars, if any, are lifted around it.
+        crate::progress::write_stderr(line.as_bytes());
     }
 
     fn flush(&self) {}

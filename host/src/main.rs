@@ -52,6 +52,8 @@ fn build_options(args: &BuildArgs, isolation: Result<(), String>) -> anyhow::Res
         )
     })?;
     let labels = cli::parse_labels(&args.labels).map_err(anyhow::Error::msg)?;
+    let compression = cli::parse_compression(args.compression, args.compression_level)
+        .map_err(anyhow::Error::msg)?;
     let init_exe = std::fs::read_link("/proc/self/exe")?;
     let secrets = args
         .secrets
@@ -77,6 +79,11 @@ fn build_options(args: &BuildArgs, isolation: Result<(), String>) -> anyhow::Res
         image_name_tag_with_digest_file: args.image_name_tag_with_digest_file.clone(),
         push_ignore_immutable_tag_errors: args.push_ignore_immutable_tag_errors,
         push_permission_check: !args.skip_push_permission_check,
+        reproducible: args
+            .reproducible
+            .then(|| cli::reproducible_epoch(std::env::var("SOURCE_DATE_EPOCH").ok().as_deref()))
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
         digest_file: args.digest_file.clone(),
         build_args: build::resolve_build_args(&args.build_args, |k| std::env::var(k).ok()),
         labels,
@@ -92,6 +99,8 @@ fn build_options(args: &BuildArgs, isolation: Result<(), String>) -> anyhow::Res
         isolation,
         secrets,
         ssh,
+        compression,
+        oci_media_types: args.oci_media_types,
     })
 }
 

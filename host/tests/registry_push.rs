@@ -15,8 +15,8 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A registry process on a free loopback port, killed on drop.
@@ -255,6 +255,41 @@ fn assert_pulls_back(reg: &Registry, r: &Reference, digest: &Digest, image: &Tes
     }
 }
 
+/// Every log message of this test binary, in order.
+struct Captured(Mutex<Vec<String>>);
+
+impl log::Log for Captured {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Info
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            self.0.lock().unwrap().push(record.args().to_string());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static CAPTURED: Captured = Captured(Mutex::new(Vec::new()));
+
+/// Starts capturing log messages (without a terminal, as in CI).
+fn capture_logs() {
+    if log::set_logger(&CAPTURED).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+}
+
+/// Captured messages that mention `digest`.
+fn logged_about(digest: &Digest) -> Vec<String> {
+    let all = CAPTURED.0.lock().unwrap();
+    all.iter()
+        .filter(|m| m.contains(digest.as_str()))
+        .cloned()
+        .collect()
+}
+
 fn count(reqs: &[(String, String, u16)], method: &str, uri_part: &str, status: u16) -> usize {
     reqs.iter()
         .filter(|(m, u, s)| m == method && u.contains(uri_part) && *s == status)
@@ -271,6 +306,7 @@ fn large_blobs_go_up_in_chunks_and_small_ones_in_one_put() {
     let image = TestImage::new(&store, vec![big, small], "chunks");
     let (reg, _cfg) = client(None);
     let dest = reference(registry.addr, "chunks/app:v1");
+    capture_logs();
 
     let digest = reg.push(&dest, &image.push_image(), &store).unwrap();
 
@@ -288,6 +324,30 @@ fn large_blobs_go_up_in_chunks_and_small_ones_in_one_put() {
         "{reqs:?}"
     );
     assert_pulls_back(&reg, &dest, &digest, &image);
+    // Without a terminal, the big blob's transfers are plain log lines;
+    // small blobs are quiet.
+    let big_digest = &image.layers[0].digest;
+    let mib = format!(
+        "{:.1} MiB",
+        image.layers[0].size as f64 / f64::from(1 << 20)
+    );
+    let lines = logged_about(big_digest);
+    let line = |prefix: &str| {
+        lines
+            .iter()
+            .any(|l| *l == format!("{prefix} blob {big_digest} ({mib})"))
+    };
+    assert!(line("Pushing"), "{lines:?}");
+    assert!(line("Pulling"), "{lines:?}");
+    let done = |verb: &str| {
+        lines.iter().any(|l| {
+            l.starts_with(&format!("{verb} blob {big_digest} ({mib} in ")) && l.ends_with("/s)")
+        })
+    };
+    assert!(done("Pushed"), "{lines:?}");
+    assert!(done("Pulled"), "{lines:?}");
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(logged_about(&image.layers[1].digest), Vec::<String>::new());
 
     // A second push finds every blob and only puts the manifest again.
     reg.push(&dest, &image.push_image(), &store).unwrap();

@@ -136,3 +136,29 @@ fn only_the_stages_the_target_needs_are_built() -> Result<()> {
     assert_eq!(out.code(), Some(7), "{}", out.all());
     Ok(())
 }
+
+#[test]
+fn reproducible_builds_give_the_same_digest() -> Result<()> {
+    let registry = Registry::start()?;
+    let base = BaseImage::busybox()?.push(&registry, "library/busybox:latest")?;
+    let context = BuildContext::with_dockerfile(&format!(
+        "FROM {base}\nCOPY app.txt /app/\nRUN mkdir -p /data && echo fixed > /data/when && echo x > /data/x\nENV A=1\n"
+    ))?;
+    context.write("app.txt", "app\n")?;
+    let mut digests = Vec::new();
+    for tag in ["repro:1", "repro:2"] {
+        let out = build(&context, &registry, tag, &["--reproducible"])?;
+        out.ensure_success()?;
+        digests.push(registry.image(tag).digest()?);
+        // The files' mtimes must differ between the runs for the test to mean anything.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    assert_eq!(digests[0], digests[1]);
+    let config = registry.image("repro:1").config()?;
+    assert_eq!(config["created"], "1970-01-01T00:00:00Z");
+
+    let plain = build(&context, &registry, "plain:1", &[])?;
+    plain.ensure_success()?;
+    assert_ne!(registry.image("plain:1").digest()?, digests[0]);
+    Ok(())
+}

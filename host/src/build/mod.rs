@@ -12,6 +12,7 @@ mod stage;
 use crate::context::{self, ContextTree};
 use crate::dockerfile::{self, Instruction};
 use crate::image::config::Platform;
+use crate::layer::Compression;
 use crate::plugin::{self, Kind, Limits, Plugin, Runtime, wit};
 use crate::registry::{Registry, RegistryOptions};
 use crate::store::Store;
@@ -52,6 +53,8 @@ pub struct Options {
     pub push_ignore_immutable_tag_errors: bool,
     /// Check that every destination accepts a push before building.
     pub push_permission_check: bool,
+    /// `--reproducible`: timestamps clamped to this `SOURCE_DATE_EPOCH`.
+    pub reproducible: Option<u64>,
     /// `--build-arg` values, already resolved.
     pub build_args: Vec<(String, String)>,
     pub labels: Vec<(String, String)>,
@@ -70,6 +73,10 @@ pub struct Options {
     pub secrets: Vec<(String, SecretSource)>,
     /// `--ssh` ids and their agent sockets.
     pub ssh: Vec<(String, PathBuf)>,
+    /// `--compression` and `--compression-level` of the layers kiln writes.
+    pub compression: Compression,
+    /// `--oci-media-types`: an OCI manifest even when every layer is gzip.
+    pub oci_media_types: bool,
 }
 
 /// Build failures.

@@ -18,9 +18,10 @@ pub struct Outcome {
 }
 
 /// The manifest and media types for a set of layers: Docker schema 2, as
-/// kaniko writes, unless a layer's compression has no Docker media type.
-fn layer_media_types(layers: &[Layer]) -> (bool, Vec<String>) {
-    let docker = layers.iter().all(|l| is_gzip(&l.desc.media_type));
+/// kaniko writes, unless OCI media types were asked for or a layer's
+/// compression has no Docker media type.
+fn layer_media_types(layers: &[Layer], oci_media_types: bool) -> (bool, Vec<String>) {
+    let docker = !oci_media_types && layers.iter().all(|l| is_gzip(&l.desc.media_type));
     let types = layers
         .iter()
         .map(|l| match (docker, l.desc.media_type.as_str()) {
@@ -55,7 +56,7 @@ pub fn write(sctx: &StageCtx<'_>, stage: &Stage) -> Result<Outcome, BuildError> 
     let store = sctx.store;
     let config_bytes = stage.config.to_canonical_json();
     let config_digest = store.put_bytes(&config_bytes)?;
-    let (docker, media_types) = layer_media_types(&stage.layers);
+    let (docker, media_types) = layer_media_types(&stage.layers, opts.oci_media_types);
     let layers: Vec<Descriptor> = stage
         .layers
         .iter()
@@ -117,7 +118,11 @@ pub fn write(sctx: &StageCtx<'_>, stage: &Stage) -> Result<Outcome, BuildError> 
         }
     }
     if let Some(dir) = &opts.oci_layout_path {
-        let ref_name = destinations.first().map(|r| r.tag_or_digest());
+        // Without a destination the image is still named, so that
+        // `skopeo inspect oci:DIR:latest` and `umoci ls` find it.
+        let ref_name = destinations
+            .first()
+            .map_or_else(|| "latest".to_owned(), |r| r.tag_or_digest());
         let all: Vec<Descriptor> = blobs.iter().map(|d| (*d).clone()).collect();
         write_oci_layout(
             dir,
@@ -125,7 +130,7 @@ pub fn write(sctx: &StageCtx<'_>, stage: &Stage) -> Result<Outcome, BuildError> 
             manifest_media_type,
             &all,
             store,
-            ref_name.as_deref(),
+            Some(&ref_name),
         )?;
         log::info!("Wrote image to OCI layout {}", dir.display());
     }
@@ -194,4 +199,45 @@ pub fn write(sctx: &StageCtx<'_>, stage: &Stage) -> Result<Outcome, BuildError> 
         })?;
     }
     Ok(Outcome { digest })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(media_type: &str) -> Layer {
+        Layer {
+            desc: Descriptor {
+                media_type: media_type.to_owned(),
+                digest: Digest::of(media_type.as_bytes()),
+                size: 1,
+                urls: None,
+                annotations: None,
+                platform: None,
+            },
+            diff_id: Digest::of(b""),
+            source: None,
+        }
+    }
+
+    #[test]
+    fn docker_media_types_unless_oci_is_asked_for_or_needed() {
+        let gzip = [
+            layer(manifest::DOCKER_LAYER_GZIP),
+            layer(manifest::OCI_LAYER_GZIP),
+        ];
+        let docker = vec![manifest::DOCKER_LAYER_GZIP.to_owned(); 2];
+        let oci = vec![manifest::OCI_LAYER_GZIP.to_owned(); 2];
+        assert_eq!(layer_media_types(&gzip, false), (true, docker));
+        assert_eq!(layer_media_types(&gzip, true), (false, oci));
+        let mixed = [
+            layer(manifest::DOCKER_LAYER_GZIP),
+            layer(manifest::OCI_LAYER_ZSTD),
+        ];
+        let types = vec![
+            manifest::OCI_LAYER_GZIP.to_owned(),
+            manifest::OCI_LAYER_ZSTD.to_owned(),
+        ];
+        assert_eq!(layer_media_types(&mixed, false), (false, types));
+    }
 }

@@ -10,7 +10,7 @@ use crate::context::ContextTree;
 use crate::digest::Digest;
 use crate::dockerfile::Instruction;
 use crate::image::config::{ConfigChange, Healthcheck, History, ImageConfig, Platform, rfc3339};
-use crate::image::manifest::{DOCKER_LAYER_GZIP, Descriptor};
+use crate::image::manifest::Descriptor;
 use crate::layer::apply::{UnpackOptions, Whiteouts, unpack};
 use crate::layer::write::WriteOptions;
 use crate::plugin::wit;
@@ -57,13 +57,16 @@ pub struct Stage {
     unpacked: bool,
 }
 
-fn now() -> String {
-    rfc3339(
+/// The time stamped on history entries and the image: now, or with
+/// `--reproducible` the fixed `SOURCE_DATE_EPOCH`.
+fn created(opts: &Options) -> String {
+    let secs = opts.reproducible.unwrap_or_else(|| {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
-            .unwrap_or(0),
-    )
+            .unwrap_or(0)
+    });
+    rfc3339(secs)
 }
 
 fn kv(pairs: Vec<(String, String)>) -> Vec<wit::KeyValue> {
@@ -303,14 +306,14 @@ impl Stage {
             }
         }
         let history = History {
-            created: now(),
+            created: created(sctx.opts),
             created_by: outcome.created_by.unwrap_or_else(|| instr.original.clone()),
             comment: None,
             empty_layer: true,
         };
         match step {
             None => self.config.add_history(history),
-            Some(step) => match self.snapshot(sctx.store, step)? {
+            Some(step) => match self.snapshot(sctx, step)? {
                 Some(layer) => {
                     self.config.add_layer(&layer.diff_id, history);
                     self.layers.push(layer);
@@ -500,9 +503,10 @@ impl Stage {
         Ok(())
     }
 
-    fn snapshot(&self, store: &Store, step: Step) -> Result<Option<Layer>, BuildError> {
+    fn snapshot(&self, sctx: &StageCtx<'_>, step: Step) -> Result<Option<Layer>, BuildError> {
+        let store = sctx.store;
         let Some((mount, _work, _merged)) = step.overlay else {
-            return self.layer_from(store, step.upper);
+            return self.layer_from(sctx, step.upper);
         };
         mount.unmount()?;
         let lower_dirs: Vec<PathBuf> = self
@@ -513,23 +517,27 @@ impl Stage {
             .collect();
         let lowers: Vec<&std::path::Path> = lower_dirs.iter().map(PathBuf::as_path).collect();
         prune_unchanged_dirs(step.upper.path(), &lowers)?;
-        self.layer_from(store, step.upper)
+        self.layer_from(sctx, step.upper)
     }
 
     /// Writes a step's upper dir as a layer and keeps the dir as that
     /// layer's extracted form; `None` when it holds nothing.
     fn layer_from(
         &self,
-        store: &Store,
+        sctx: &StageCtx<'_>,
         upper: tempfile::TempDir,
     ) -> Result<Option<Layer>, BuildError> {
-        let Some(blob) = snapshot_upper(upper.path(), store, &WriteOptions::default())? else {
+        let opts = WriteOptions {
+            compression: sctx.opts.compression,
+            mtime_clamp: sctx.opts.reproducible,
+        };
+        let Some(blob) = snapshot_upper(upper.path(), sctx.store, &opts)? else {
             return Ok(None);
         };
-        store.commit_layer_dir(upper, &blob.diff_id)?;
+        sctx.store.commit_layer_dir(upper, &blob.diff_id)?;
         Ok(Some(Layer {
             desc: Descriptor {
-                media_type: DOCKER_LAYER_GZIP.into(),
+                media_type: blob.media_type.into(),
                 digest: blob.digest,
                 size: blob.size,
                 urls: None,
@@ -554,7 +562,7 @@ impl Stage {
         if !opts.labels.is_empty() {
             self.config.apply(&ConfigChange::Label(opts.labels.clone()));
         }
-        self.config.set_created(&now());
+        self.config.set_created(&created(opts));
     }
 }
 

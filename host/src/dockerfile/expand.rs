@@ -79,8 +79,12 @@ pub(crate) fn is_go_digit(ch: char) -> bool {
 /// 128 KiB, so no usable value comes near this.
 const MAX_GROWTH: usize = 1 << 20;
 
-/// Bound on pattern length times value length for `#`, `%` and `/` matching, whose
-/// cost is their product; about a second of work.
+/// Bound on the bytes all substitutions of one word produce together, so that many
+/// large substitutions cannot take minutes either.
+const MAX_PRODUCED: usize = 16 << 20;
+
+/// Bound on the matching work of one word: `#`, `%` and `/` cost pattern length
+/// times value length each. About a second in total.
 const MAX_MATCH_WORK: usize = 1 << 28;
 
 /// Go's `string(rune)` for a character that may be the end of input.
@@ -97,6 +101,10 @@ struct Lexer<'a> {
     lookup: &'a dyn Fn(&str) -> Option<String>,
     /// The longest result an expansion may produce (input length plus `MAX_GROWTH`).
     limit: usize,
+    /// Bytes substitutions may still produce (`MAX_PRODUCED` at the start).
+    produce_left: usize,
+    /// Matching steps left (`MAX_MATCH_WORK` at the start).
+    match_left: usize,
     /// Shared by nested `stop_on` calls: BuildKit resets one buffer for every
     /// nesting level, which decides how `${V:-a b}` splits into words.
     words_buf: String,
@@ -165,6 +173,8 @@ impl<'a> Lexer<'a> {
             raw_escapes: mode.raw_escapes,
             lookup,
             limit: text.len().saturating_add(MAX_GROWTH),
+            produce_left: MAX_PRODUCED,
+            match_left: MAX_MATCH_WORK,
             words_buf: String::new(),
         }
     }
@@ -340,7 +350,19 @@ impl<'a> Lexer<'a> {
         (self.lookup)(name)
     }
 
+    /// Expands the `$` reference at the cursor, charging its length to the budget.
     fn dollar(&mut self) -> Result<String, String> {
+        let value = self.substitution()?;
+        self.produce_left = self.produce_left.checked_sub(value.len()).ok_or_else(|| {
+            format!(
+                "substitutions produce more than {MAX_PRODUCED} bytes in total: \
+                     expand in smaller steps"
+            )
+        })?;
+        Ok(value)
+    }
+
+    fn substitution(&mut self) -> Result<String, String> {
         self.next();
         if self.peek() != Some('{') {
             let name = self.name();
@@ -416,9 +438,9 @@ impl<'a> Lexer<'a> {
                             None => (word.as_str(), false),
                         };
                         if op == '%' {
-                            trim_suffix(pattern, &value, greedy)
+                            trim_suffix(pattern, &value, greedy, &mut self.match_left)
                         } else {
-                            trim_prefix(pattern, &value, greedy)
+                            trim_prefix(pattern, &value, greedy, &mut self.match_left)
                         }
                     }
                     _ => Err(format!("unsupported modifier ({modifier}) in substitution")),
@@ -438,7 +460,7 @@ impl<'a> Lexer<'a> {
                 let value = value.unwrap_or_default();
                 let pat = Pattern::compile(&pattern, true)
                     .map_err(|e| format!("invalid pattern ({pattern}) in substitution: {e}"))?;
-                pat.replace(&value, &replacement, all, self.limit)
+                pat.replace(&value, &replacement, all, self.limit, &mut self.match_left)
             }
             _ => Err(format!("unsupported modifier ({modifier}) in substitution")),
         }
@@ -541,15 +563,17 @@ impl Pattern {
     /// For every start position in `s`, the end of the match a leftmost-first
     /// regular expression engine prefers there, if any. Computed token by token
     /// from the end, so time is linear in pattern length times text length.
-    fn first_ends(&self, s: &[char]) -> Result<Vec<Option<usize>>, String> {
+    /// Fails when `work` (steps left) cannot pay for this match.
+    fn first_ends(&self, s: &[char], work: &mut usize) -> Result<Vec<Option<usize>>, String> {
         let n = s.len();
-        if self.toks.len().saturating_mul(n + 1) > MAX_MATCH_WORK {
-            return Err(format!(
-                "a pattern of {} characters is too long to match against {n} characters: \
-                 shorten the pattern or the value",
+        let cost = (self.toks.len() + 1).saturating_mul(n + 1);
+        *work = work.checked_sub(cost).ok_or_else(|| {
+            format!(
+                "matching a pattern of {} characters against {n} characters exceeds the \
+                 matching budget of {MAX_MATCH_WORK} steps: shorten the pattern or the value",
                 self.toks.len()
-            ));
-        }
+            )
+        })?;
         let mut next: Vec<Option<usize>> = (0..=n).map(Some).collect();
         for tok in self.toks.iter().rev() {
             let mut cur = vec![None; n + 1];
@@ -603,9 +627,10 @@ impl Pattern {
         replacement: &str,
         all: bool,
         limit: usize,
+        work: &mut usize,
     ) -> Result<String, String> {
         let s: Vec<char> = value.chars().collect();
-        let ends = self.first_ends(&s)?;
+        let ends = self.first_ends(&s, work)?;
         let text = |a: usize, b: usize| s[a..b].iter().collect::<String>();
         if !all {
             let out = match Self::find(&ends, 0) {
@@ -628,7 +653,7 @@ impl Pattern {
             out.push_str(&text(last_end, a));
             // An empty match right after a previous match is not replaced again.
             if b > last_end || a == 0 {
-                out.push_str(&expand_template(replacement, &text(a, b)));
+                expand_template(&mut out, replacement, &text(a, b), limit)?;
             }
             if out.len() > limit {
                 return Err(too_long(limit));
@@ -660,8 +685,13 @@ fn too_long(limit: usize) -> String {
 
 /// Go's regexp template expansion for a pattern without groups: `$0` and `${0}`
 /// are the match, `$$` is `$`, other references are empty, malformed ones literal.
-fn expand_template(template: &str, matched: &str) -> String {
-    let mut out = String::new();
+/// Appends to `out`, failing once it passes `limit` bytes.
+fn expand_template(
+    out: &mut String,
+    template: &str,
+    matched: &str,
+    limit: usize,
+) -> Result<(), String> {
     let mut rest = template;
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
@@ -689,27 +719,40 @@ fn expand_template(template: &str, matched: &str) -> String {
         rest = &body[len + usize::from(braced)..];
         if name == "0" {
             out.push_str(matched);
+            if out.len() > limit {
+                return Err(too_long(limit));
+            }
         }
     }
     out.push_str(rest);
-    out
+    Ok(())
 }
 
-fn trim_prefix(pattern: &str, value: &str, greedy: bool) -> Result<String, String> {
+fn trim_prefix(
+    pattern: &str,
+    value: &str,
+    greedy: bool,
+    work: &mut usize,
+) -> Result<String, String> {
     let pat = Pattern::compile(pattern, greedy)
         .map_err(|e| format!("invalid pattern ({pattern}) in substitution: {e}"))?;
     let s: Vec<char> = value.chars().collect();
-    Ok(match pat.first_ends(&s)?[0] {
+    Ok(match pat.first_ends(&s, work)?[0] {
         Some(end) => s[end..].iter().collect(),
         None => value.to_owned(),
     })
 }
 
-fn trim_suffix(pattern: &str, value: &str, greedy: bool) -> Result<String, String> {
+fn trim_suffix(
+    pattern: &str,
+    value: &str,
+    greedy: bool,
+    work: &mut usize,
+) -> Result<String, String> {
     // Matching the reversed pattern against the reversed value turns the
     // shortest or longest rightmost match into a leftmost one.
     let reversed: String = value.chars().rev().collect();
-    let trimmed = trim_prefix(&reverse_pattern(pattern), &reversed, greedy)?;
+    let trimmed = trim_prefix(&reverse_pattern(pattern), &reversed, greedy, work)?;
     Ok(trimmed.chars().rev().collect())
 }
 
@@ -989,6 +1032,74 @@ mod tests {
         );
         assert_eq!(expand_word("${V#$P}", &e, '\\').unwrap(), v);
         assert_eq!(expand_word("${V%%b*}", &e, '\\').unwrap(), "a");
+    }
+
+    #[test]
+    fn multiplying_substitutions_are_bounded() {
+        // Found by fuzzing: nested replace-all with an empty pattern inserts the
+        // replacement at every position, so each level multiplies the length.
+        let a = "o/".repeat(200);
+        let e = env(&[("A", &a)]);
+        let one = expand_word("${A///${A}}", &e, '\\').unwrap();
+        assert_eq!(one.len(), 401 * 400 + 400);
+        let err = expand_word("${A///${A///${A}}}", &e, '\\').unwrap_err();
+        assert!(
+            err.reason.starts_with("expansion result is longer than"),
+            "{err}"
+        );
+        // `$0` in a replace-all replacement repeats the match.
+        let zeros = "$0".repeat(3_000);
+        let e = env(&[("A", &a), ("R", &zeros)]);
+        assert!(expand_word("${A//?/$R}", &e, '\\').is_err());
+        // A single replacement splices the replacement literally.
+        assert_eq!(
+            expand_word("${A/?/$R}", &e, '\\').unwrap().len(),
+            6_000 + 399
+        );
+        // Plain repetition is bounded too, in and out of double quotes.
+        let big = "x".repeat(300_000);
+        let e = env(&[("B", &big)]);
+        assert_eq!(expand_word("$B$B$B", &e, '\\').unwrap().len(), 900_000);
+        assert!(expand_word("$B$B$B$B", &e, '\\').is_err());
+        assert!(expand_word("\"$B$B$B$B\"", &e, '\\').is_err());
+        assert!(expand_words("${U:-$B$B$B$B}", &e, '\\').is_err());
+    }
+
+    #[test]
+    fn long_text_without_growth_is_not_limited() {
+        let body = "line of a large heredoc\n".repeat(100_000);
+        let e = env(&[("A", "a")]);
+        let word = format!("{body}$A");
+        assert_eq!(expand_word(&word, &e, '\\').unwrap(), format!("{body}a"));
+    }
+
+    #[test]
+    fn work_over_a_whole_word_is_bounded() {
+        // Each substitution is small, but together they would take minutes.
+        let big = "x".repeat(600_000);
+        let e = env(&[("B", &big)]);
+        assert_eq!(expand_word("${U:+$B}", &e, '\\').unwrap(), "");
+        let err = expand_word(&"${U:+$B}".repeat(30), &e, '\\').unwrap_err();
+        assert!(err.reason.contains("in total"), "{err}");
+        let v = "a".repeat(8_000);
+        let p = "a".repeat(100);
+        let e = env(&[("V", &v), ("P", &p)]);
+        assert_eq!(expand_word("${V#$P}", &e, '\\').unwrap().len(), 7_900);
+        let err = expand_word(&"${U:+${V#$P}}".repeat(400), &e, '\\').unwrap_err();
+        assert!(err.reason.contains("matching budget"), "{err}");
+    }
+
+    #[test]
+    fn matching_work_is_bounded() {
+        let v = "a".repeat(20_000);
+        let e = env(&[("V", &v), ("P", &v)]);
+        let err = expand_word("${V#$P}", &e, '\\').unwrap_err();
+        assert!(err.reason.contains("exceeds the matching budget"), "{err}");
+        assert!(expand_word("${V//$P/x}", &e, '\\').is_err());
+        assert_eq!(
+            expand_word("${V%%$P}", &env(&[("V", &v), ("P", "a*")]), '\\').unwrap(),
+            ""
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Layer tars: safe application into overlay-format directories
 //! ([`apply`]) and canonical, reproducible writing into the store
-//! ([`write`]).
+//! ([`write`]), gzip or zstd compressed.
 //!
 //! Extracted layers are kept in overlay format so they stack directly as
 //! overlayfs lower dirs: a tar whiteout `.wh.NAME` is a char device 0/0 named
@@ -11,7 +11,7 @@ pub mod apply;
 pub mod write;
 
 pub use apply::{UnpackOptions, UnpackStats, Whiteouts, unpack};
-pub use write::{LayerBlob, WriteOptions, write_layer};
+pub use write::{Compression, LayerBlob, WriteOptions, write_layer};
 
 use crate::store::StoreError;
 use std::io;
@@ -35,8 +35,6 @@ type XattrPairs = Vec<(Vec<u8>, Vec<u8>)>;
 pub enum LayerError {
     #[error("cannot read the layer tar stream: {0}")]
     Read(#[source] io::Error),
-    #[error("layer is zstd-compressed, which is not supported yet: use a gzip or uncompressed tar")]
-    Zstd,
     #[error("cannot {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -60,8 +58,10 @@ pub enum LayerError {
         "{path} carries the overlayfs xattr {xattr}, so its content lives partly in a lower layer: mount overlayfs with redirect_dir=off,metacopy=off"
     )]
     OverlayNotSelfContained { path: PathBuf, xattr: String },
-    #[error("invalid gzip level {0}: use 0 (store) to 9 (smallest)")]
+    #[error("invalid gzip compression level {0}: use 0 (store) to 9 (smallest)")]
     GzipLevel(u32),
+    #[error("invalid zstd compression level {0}: use 1 (fastest) to 22 (smallest)")]
+    ZstdLevel(i32),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

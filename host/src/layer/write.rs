@@ -1,16 +1,18 @@
 //! Canonical layer writing: a directory tree in overlay format becomes a
-//! reproducible gzip tar blob in the store, diff_id and digest computed in
-//! the same single pass.
+//! reproducible compressed tar blob in the store, diff_id and digest
+//! computed in the same single pass.
 //!
 //! Canonical means: entries sorted byte-wise by path (directories carry a
 //! trailing `/`), ustar headers with empty user and group names, whole-second
 //! mtimes (optionally clamped), long names and xattrs as sorted PAX records,
-//! and the gzip header without name or time.
+//! the gzip header without name or time, and zstd always in libzstd's
+//! multithreaded mode, whose output does not depend on the number of
+//! workers (single-threaded mode frames the data differently).
 
 use super::{LayerError, OPAQUE_MARKER, WHITEOUT_PREFIX, XattrPairs, is_overlay_xattr};
 use crate::digest::{Digest, HashingWriter};
-use crate::store::Store;
-use flate2::Compression;
+use crate::image::manifest::{DOCKER_LAYER_GZIP, OCI_LAYER_ZSTD};
+use crate::store::{BlobWriter, Store};
 use flate2::write::GzEncoder;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -30,57 +32,143 @@ pub struct LayerBlob {
     pub diff_id: Digest,
     /// Size of the compressed blob in bytes.
     pub size: u64,
+    /// The blob's media type: Docker's gzip layer, or OCI's zstd layer
+    /// (Docker schema 2 has none for zstd).
+    pub media_type: &'static str,
 }
 
-/// How to write a layer.
-#[derive(Clone, Debug)]
-pub struct WriteOptions {
-    /// Clamp mtimes to this many seconds since the epoch (`SOURCE_DATE_EPOCH`).
-    pub mtime_clamp: Option<u64>,
-    /// gzip level, 0 to 9.
-    pub gzip_level: u32,
+/// How a layer is compressed, and how hard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    /// gzip, level 0 (store) to 9 (smallest).
+    Gzip { level: u32 },
+    /// zstd, level 1 (fastest) to 22 (smallest).
+    Zstd { level: i32 },
 }
 
-impl Default for WriteOptions {
-    fn default() -> Self {
-        Self {
-            mtime_clamp: None,
-            gzip_level: 6,
+impl Compression {
+    /// gzip at its default level, as kaniko writes.
+    pub const GZIP: Self = Self::Gzip { level: 6 };
+    /// zstd at its default level, that of the `zstd` command.
+    pub const ZSTD: Self = Self::Zstd { level: 3 };
+
+    /// Checks the level is one the format has.
+    pub fn validate(self) -> Result<Self, LayerError> {
+        match self {
+            Self::Gzip { level } if level > 9 => Err(LayerError::GzipLevel(level)),
+            Self::Zstd { level } if !(1..=22).contains(&level) => Err(LayerError::ZstdLevel(level)),
+            ok => Ok(ok),
+        }
+    }
+
+    /// The media type of a layer blob compressed this way.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Self::Gzip { .. } => DOCKER_LAYER_GZIP,
+            Self::Zstd { .. } => OCI_LAYER_ZSTD,
         }
     }
 }
 
-/// Writes the tree under `root` as a canonical gzip layer blob into the
-/// store; `None` if `root` has no entries. The root directory's own
+impl Default for Compression {
+    fn default() -> Self {
+        Self::GZIP
+    }
+}
+
+/// How to write a layer.
+#[derive(Clone, Debug, Default)]
+pub struct WriteOptions {
+    /// Clamp mtimes to this many seconds since the epoch (`SOURCE_DATE_EPOCH`).
+    pub mtime_clamp: Option<u64>,
+    /// Compression of the blob.
+    pub compression: Compression,
+}
+
+/// A compressor in front of the blob (which hashes what it is given).
+enum Encoder {
+    Gzip(GzEncoder<BlobWriter>),
+    Zstd(zstd::stream::write::Encoder<'static, BlobWriter>),
+}
+
+impl Encoder {
+    /// `zstd_workers` is the number of libzstd compression threads.
+    fn new(compression: Compression, blob: BlobWriter, zstd_workers: u32) -> io::Result<Self> {
+        Ok(match compression {
+            Compression::Gzip { level } => {
+                Self::Gzip(GzEncoder::new(blob, flate2::Compression::new(level)))
+            }
+            Compression::Zstd { level } => {
+                let mut zstd = zstd::stream::write::Encoder::new(blob, level)?;
+                zstd.include_checksum(true)?;
+                zstd.multithread(zstd_workers)?;
+                Self::Zstd(zstd)
+            }
+        })
+    }
+
+    /// Ends the stream and hands back the blob, ready to commit.
+    fn finish(self) -> io::Result<BlobWriter> {
+        match self {
+            Self::Gzip(gzip) => gzip.finish(),
+            Self::Zstd(zstd) => zstd.finish(),
+        }
+    }
+}
+
+impl Write for Encoder {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Gzip(e) => e.write(buf),
+            Self::Zstd(e) => e.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Gzip(e) => e.flush(),
+            Self::Zstd(e) => e.flush(),
+        }
+    }
+}
+
+/// libzstd compression threads: one per CPU. At least one, so the frame
+/// layout (and the digest) is that of multithreaded mode everywhere.
+fn default_zstd_workers() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
+}
+
+/// Writes the tree under `root` as a canonical compressed layer blob into
+/// the store; `None` if `root` has no entries. The root directory's own
 /// metadata is not part of the layer.
 pub fn write_layer(
     root: &Path,
     store: &Store,
     opts: &WriteOptions,
 ) -> Result<Option<LayerBlob>, LayerError> {
-    if opts.gzip_level > 9 {
-        return Err(LayerError::GzipLevel(opts.gzip_level));
-    }
+    let compression = opts.compression.validate()?;
     let mut first = fs::read_dir(root).map_err(io_err("read directory", root))?;
     if first.next().is_none() {
         return Ok(None);
     }
     let blob = store.blob_writer()?;
-    let gzip = GzEncoder::new(blob, Compression::new(opts.gzip_level));
+    let encoder = Encoder::new(compression, blob, default_zstd_workers())
+        .map_err(io_err("start compressing", root))?;
     let mut writer = TreeWriter {
-        tar: tar::Builder::new(HashingWriter::new(gzip)),
+        tar: tar::Builder::new(HashingWriter::new(encoder)),
         clamp: opts.mtime_clamp,
         links: HashMap::new(),
     };
     writer.walk(root, b"")?;
     let tar = writer.tar.into_inner();
-    let (gzip, diff_id, _) = tar.map_err(io_err("finish layer for", root))?.finish();
-    let blob = gzip.finish().map_err(io_err("finish layer for", root))?;
+    let (encoder, diff_id, _) = tar.map_err(io_err("finish layer for", root))?.finish();
+    let blob = encoder.finish().map_err(io_err("finish layer for", root))?;
     let (digest, size) = blob.commit(None)?;
     Ok(Some(LayerBlob {
         digest,
         diff_id,
         size,
+        media_type: compression.media_type(),
     }))
 }
 
@@ -451,6 +539,7 @@ impl<R: Read> Read for CountingReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layer::{UnpackOptions, Whiteouts, unpack};
     use std::os::unix::fs::{PermissionsExt, symlink};
 
     fn store() -> (tempfile::TempDir, Store) {
@@ -461,9 +550,15 @@ mod tests {
 
     fn uncompressed(store: &Store, blob: &LayerBlob) -> Vec<u8> {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(store.open_blob(&blob.digest).unwrap())
-            .read_to_end(&mut out)
-            .unwrap();
+        let file = store.open_blob(&blob.digest).unwrap();
+        match blob.media_type {
+            DOCKER_LAYER_GZIP => flate2::read::GzDecoder::new(file).read_to_end(&mut out),
+            OCI_LAYER_ZSTD => zstd::stream::read::Decoder::new(file)
+                .unwrap()
+                .read_to_end(&mut out),
+            other => panic!("unexpected media type {other}"),
+        }
+        .unwrap();
         out
     }
 
@@ -697,15 +792,137 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_gzip_level_is_refused() {
+    fn bad_levels_are_refused_before_anything_is_written() {
         let (_k, s) = store();
-        let opts = WriteOptions {
-            gzip_level: 10,
-            ..WriteOptions::default()
+        let refused = |compression| {
+            let opts = WriteOptions {
+                compression,
+                ..WriteOptions::default()
+            };
+            write_layer(Path::new("/"), &s, &opts).unwrap_err()
         };
         assert!(matches!(
-            write_layer(Path::new("/"), &s, &opts),
-            Err(LayerError::GzipLevel(10))
+            refused(Compression::Gzip { level: 10 }),
+            LayerError::GzipLevel(10)
         ));
+        for level in [0, -1, 23] {
+            let err = refused(Compression::Zstd { level });
+            assert!(matches!(err, LayerError::ZstdLevel(l) if l == level));
+            assert!(err.to_string().contains("1 (fastest) to 22"), "{err}");
+        }
+        for ok in [
+            Compression::Gzip { level: 0 },
+            Compression::Gzip { level: 9 },
+            Compression::Zstd { level: 1 },
+            Compression::Zstd { level: 22 },
+        ] {
+            assert_eq!(ok.validate().unwrap(), ok);
+        }
+        assert_eq!(Compression::default(), Compression::Gzip { level: 6 });
+        assert_eq!(Compression::ZSTD, Compression::Zstd { level: 3 });
+    }
+
+    /// A tree with text, repetitive and incompressible files.
+    fn mixed_tree(root: &Path, random_bytes: usize) {
+        fs::create_dir(root.join("etc")).unwrap();
+        let text: String = (0..2000)
+            .map(|i| format!("line {i} of a config\n"))
+            .collect();
+        fs::write(root.join("etc/conf"), text).unwrap();
+        fs::write(root.join("zeros"), vec![0u8; 100_000]).unwrap();
+        fs::write(root.join("random"), pseudo_random(random_bytes)).unwrap();
+        symlink("etc/conf", root.join("link")).unwrap();
+    }
+
+    /// Deterministic bytes that do not compress (xorshift).
+    fn pseudo_random(len: usize) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn zstd_layers_hash_right_round_trip_and_are_deterministic() {
+        let root = tempfile::tempdir().unwrap();
+        mixed_tree(root.path(), 300_000);
+        let opts = WriteOptions {
+            compression: Compression::ZSTD,
+            ..WriteOptions::default()
+        };
+        let (_k1, s1) = store();
+        let (_k2, s2) = store();
+        let b1 = write_layer(root.path(), &s1, &opts).unwrap().unwrap();
+        let b2 = write_layer(root.path(), &s2, &opts).unwrap().unwrap();
+        assert_eq!(b1, b2);
+        assert_eq!(b1.media_type, OCI_LAYER_ZSTD);
+        let blob = fs::read(s1.blob_path(&b1.digest)).unwrap();
+        assert!(blob.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]));
+        assert_eq!(Digest::of(&blob), b1.digest);
+        assert_eq!(blob.len() as u64, b1.size);
+
+        let tar = uncompressed(&s1, &b1);
+        assert_eq!(Digest::of(&tar), b1.diff_id);
+        // Only the random file keeps its size; text and zeros shrink.
+        assert!(b1.size < 310_000, "{} of {}", b1.size, tar.len());
+        assert_eq!(names(&tar), ["etc/", "etc/conf", "link", "random", "zeros"]);
+        // The same tree gives the same tar whatever the compression.
+        let gzip = write_layer(root.path(), &s1, &WriteOptions::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(gzip.media_type, DOCKER_LAYER_GZIP);
+        assert_eq!(gzip.diff_id, b1.diff_id);
+        assert_ne!(gzip.digest, b1.digest);
+
+        let dest = tempfile::tempdir().unwrap();
+        let unpack_opts = UnpackOptions {
+            whiteouts: Whiteouts::Overlay,
+            preserve_owners: true,
+        };
+        unpack(s1.open_blob(&b1.digest).unwrap(), dest.path(), &unpack_opts).unwrap();
+        for f in ["etc/conf", "zeros", "random"] {
+            assert_eq!(
+                fs::read(dest.path().join(f)).unwrap(),
+                fs::read(root.path().join(f)).unwrap(),
+                "{f}"
+            );
+        }
+        assert_eq!(
+            fs::read_link(dest.path().join("link")).unwrap(),
+            Path::new("etc/conf")
+        );
+    }
+
+    #[test]
+    fn zstd_output_does_not_depend_on_the_number_of_threads() {
+        // Larger than several libzstd jobs at level 3, so the threads
+        // really split the work.
+        let data: Vec<u8> = pseudo_random(1 << 20)
+            .iter()
+            .flat_map(|b| [*b, b'a', b'b', *b & 0x0f])
+            .chain(std::iter::repeat_n(b'z', 16 << 20))
+            .collect();
+        let (_k, s) = store();
+        let encode = |workers| {
+            let mut e = Encoder::new(Compression::ZSTD, s.blob_writer().unwrap(), workers).unwrap();
+            for chunk in data.chunks(10_000) {
+                e.write_all(chunk).unwrap();
+            }
+            e.finish().unwrap().commit(None).unwrap().0
+        };
+        let one = encode(1);
+        assert_eq!(encode(2), one);
+        assert_eq!(encode(4), one);
+        let mut back = Vec::new();
+        zstd::stream::read::Decoder::new(s.open_blob(&one).unwrap())
+            .unwrap()
+            .read_to_end(&mut back)
+            .unwrap();
+        assert!(back == data);
     }
 }

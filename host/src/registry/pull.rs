@@ -10,6 +10,7 @@ use super::tls::Direction;
 use crate::digest::Digest;
 use crate::image::config::Platform;
 use crate::image::manifest::{self, ACCEPT_MANIFESTS, Descriptor, ManifestKind};
+use crate::progress::{Counted, Transfer, Verb};
 use crate::store::{Store, StoreError};
 use std::io;
 
@@ -215,8 +216,12 @@ impl Registry {
             what: format!("blob {digest} from {}", r.repo_name()),
             source,
         };
+        // Without a Content-Length the size is unknown and no progress is shown.
+        let size = header(&resp, "content-length").and_then(|l| l.parse().ok());
+        let transfer = Transfer::start(Verb::Pull, digest, size.unwrap_or(0));
         let mut writer = store.blob_writer()?;
-        io::copy(&mut resp.into_body().into_reader(), &mut writer).map_err(read_err)?;
+        let mut body = Counted::new(resp.into_body().into_reader(), &transfer);
+        io::copy(&mut body, &mut writer).map_err(read_err)?;
         writer.commit(Some(digest)).map_err(|e| match e {
             StoreError::DigestMismatch { expected, actual } => RegistryError::DigestMismatch {
                 what: format!("blob from {}", r.repo_name()),
@@ -225,6 +230,7 @@ impl Registry {
             },
             other => other.into(),
         })?;
+        transfer.finish();
         Ok(())
     }
 

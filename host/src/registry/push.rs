@@ -103,7 +103,10 @@ impl Registry {
             repository: &dest.repository,
             push: true,
         };
-        let what = format!("POST {}/v2/{}/blobs/uploads/", dest.registry, dest.repository);
+        let what = format!(
+            "POST {}/v2/{}/blobs/uploads/",
+            dest.registry, dest.repository
+        );
         match self.with_retry(Direction::Push, &what, || self.open_session(&repo)) {
             Ok(location) => {
                 self.cancel_upload(&repo, &location);

@@ -6,6 +6,7 @@
 use super::client::{Registry, RegistryError, Repo, Response, authorized, error_message, header};
 use super::retry;
 use crate::digest::Digest;
+use crate::progress::{Counted, Transfer, Verb};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -97,8 +98,9 @@ impl Registry {
         blob_path: &Path,
     ) -> Result<(), RegistryError> {
         let chunked = size > MONOLITHIC_MAX;
+        let transfer = Transfer::start(Verb::Push, digest, size);
         let location = if chunked {
-            self.upload_chunks(repo, location, size, blob_path)?
+            self.upload_chunks(repo, location, size, blob_path, &transfer)?
         } else {
             location
         };
@@ -109,7 +111,12 @@ impl Registry {
             if chunked {
                 rb.header("Content-Length", "0").send_empty()
             } else {
-                rb.send(File::open(blob_path).map_err(ureq::Error::Io)?)
+                transfer.set_position(0);
+                let file = File::open(blob_path).map_err(ureq::Error::Io)?;
+                rb.header("Content-Length", size.to_string())
+                    .send(ureq::SendBody::from_reader(&mut Counted::new(
+                        file, &transfer,
+                    )))
             }
         })?;
         if resp.status().as_u16() != 201 {
@@ -121,6 +128,7 @@ impl Registry {
             repo.repository,
             if chunked { ", chunked" } else { "" }
         );
+        transfer.finish();
         Ok(())
     }
 
@@ -154,12 +162,13 @@ impl Registry {
         mut location: String,
         size: u64,
         blob_path: &Path,
+        transfer: &Transfer,
     ) -> Result<String, RegistryError> {
         let mut offset = 0;
         let mut failures = 0;
         while offset < size {
             let len = CHUNK_SIZE.min(size - offset);
-            match self.patch_chunk(repo, &location, blob_path, offset, len) {
+            match self.patch_chunk(repo, &location, blob_path, offset, len, transfer) {
                 Ok(next) => {
                     location = next;
                     offset += len;
@@ -193,7 +202,8 @@ impl Registry {
         Ok(location)
     }
 
-    /// Sends `len` bytes of the blob from `offset`; returns the next location.
+    /// Sends `len` bytes of the blob from `offset`, counted into
+    /// `transfer`; returns the next location.
     fn patch_chunk(
         &self,
         repo: &Repo<'_>,
@@ -201,12 +211,14 @@ impl Registry {
         blob_path: &Path,
         offset: u64,
         len: u64,
+        transfer: &Transfer,
     ) -> Result<String, RegistryError> {
         let resp = self.send(repo, "PATCH", location, &|agent, url, auth| {
             let mut file = File::open(blob_path).map_err(ureq::Error::Io)?;
             file.seek(SeekFrom::Start(offset))
                 .map_err(ureq::Error::Io)?;
-            let mut chunk = file.take(len);
+            transfer.set_position(offset);
+            let mut chunk = Counted::new(file.take(len), transfer);
             authorized(agent.patch(url), auth)
                 .header("Content-Type", "application/octet-stream")
                 .header("Content-Range", content_range(offset, len))
