@@ -161,7 +161,7 @@ impl Transfer {
     pub fn set_position(&self, bytes: u64) {
         if let Some(s) = &self.shared {
             s.done.store(bytes, Ordering::Relaxed);
-            self.moved(s);
+            s.moved();
         }
     }
 
@@ -169,28 +169,7 @@ impl Transfer {
     pub fn advance(&self, bytes: u64) {
         if let Some(s) = &self.shared {
             s.done.fetch_add(bytes, Ordering::Relaxed);
-            self.moved(s);
-        }
-    }
-
-    fn moved(&self, s: &Shared) {
-        let done = s.done.load(Ordering::Relaxed);
-        match mode() {
-            Mode::Lines => {
-                if let Some(q) = quarter_due(done, s.total, s.quarters.load(Ordering::Relaxed))
-                    && s.quarters.fetch_max(q, Ordering::Relaxed) < q
-                {
-                    log::info!(
-                        "{}",
-                        quarter_line(s.verb, &s.digest, q, done, s.total, s.start.elapsed())
-                    );
-                }
-            }
-            Mode::Bars => {
-                if claim_redraw() {
-                    redraw(&mut board());
-                }
-            }
+            s.moved();
         }
     }
 
@@ -220,6 +199,38 @@ fn remove_bar(s: &Arc<Shared>) {
         let mut board = board();
         board.bars.retain(|b| !Arc::ptr_eq(b, s));
         redraw(&mut board);
+    }
+}
+
+impl Shared {
+    /// Shows that the count changed, at the pace the mode allows.
+    fn moved(&self) {
+        let done = self.done.load(Ordering::Relaxed);
+        match mode() {
+            Mode::Lines => {
+                if let Some(q) =
+                    quarter_due(done, self.total, self.quarters.load(Ordering::Relaxed))
+                    && self.quarters.fetch_max(q, Ordering::Relaxed) < q
+                {
+                    log::info!(
+                        "{}",
+                        quarter_line(
+                            self.verb,
+                            &self.digest,
+                            q,
+                            done,
+                            self.total,
+                            self.start.elapsed()
+                        )
+                    );
+                }
+            }
+            Mode::Bars => {
+                if claim_redraw() {
+                    redraw(&mut board());
+                }
+            }
+        }
     }
 }
 
