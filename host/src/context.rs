@@ -137,6 +137,7 @@ pub fn open(
             let opts = UnpackOptions {
                 whiteouts: Whiteouts::Reject,
                 preserve_owners: false,
+                lowers: Vec::new(),
             };
             unpack(stream, tmp.path(), &opts).map_err(|e| ContextError::Unpack {
                 url: url.clone(),

@@ -5,6 +5,7 @@
 //! in this list.
 
 pub mod build;
+pub mod cache;
 pub mod cli;
 pub mod context;
 pub mod digest;

@@ -8,11 +8,13 @@ mod archive;
 mod chmod;
 mod copy;
 mod source;
+mod walk;
 
 pub use add::Add;
 pub use chmod::parse_chmod;
 pub use copy::Copy;
 pub use source::CopySource;
+pub use walk::{Planned, copied_xattrs, plan_copy};
 
 use crate::sandbox::user::{parse_group, parse_passwd};
 use std::fs;

@@ -2,7 +2,7 @@
 //! that claims its keyword, execute the effects it returns, snapshot each
 //! filesystem step into a layer, and write the image to its outputs.
 
-mod fs;
+pub(crate) mod fs;
 mod mounts;
 mod output;
 mod plan;

@@ -610,7 +610,7 @@ fn pull(
 /// Makes sure every layer has an extracted directory in the store,
 /// fetching blobs that are not there yet.
 fn ensure_extracted(sctx: &StageCtx<'_>, layers: &[Layer]) -> Result<(), BuildError> {
-    for layer in layers {
+    for (i, layer) in layers.iter().enumerate() {
         if sctx.store.layer_dir(&layer.diff_id).is_dir() {
             continue;
         }
@@ -627,6 +627,11 @@ fn ensure_extracted(sctx: &StageCtx<'_>, layers: &[Layer]) -> Result<(), BuildEr
         let opts = UnpackOptions {
             whiteouts: Whiteouts::Overlay,
             preserve_owners: true,
+            lowers: layers[..i]
+                .iter()
+                .rev()
+                .map(|l| sctx.store.layer_dir(&l.diff_id))
+                .collect(),
         };
         unpack(
             std::io::BufReader::with_capacity(1 << 20, blob),

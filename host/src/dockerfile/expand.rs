@@ -84,7 +84,7 @@ const MAX_GROWTH: usize = 1 << 20;
 const MAX_PRODUCED: usize = 16 << 20;
 
 /// Bound on the matching work of one word: `#`, `%` and `/` cost pattern length
-/// times value length each. About a second in total.
+/// times value length each. At most about a second in a release build.
 const MAX_MATCH_WORK: usize = 1 << 28;
 
 /// Go's `string(rune)` for a character that may be the end of input.
@@ -356,7 +356,7 @@ impl<'a> Lexer<'a> {
         self.produce_left = self.produce_left.checked_sub(value.len()).ok_or_else(|| {
             format!(
                 "substitutions produce more than {MAX_PRODUCED} bytes in total: \
-                     expand in smaller steps"
+                 expand in smaller steps"
             )
         })?;
         Ok(value)

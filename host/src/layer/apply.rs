@@ -36,6 +36,9 @@ pub struct UnpackOptions {
     /// Chown entries to the tar's uid/gid (needs root); otherwise the
     /// current user owns everything.
     pub preserve_owners: bool,
+    /// Extracted directories of the layers below this one, topmost first:
+    /// where hardlinks to files this layer does not contain are resolved.
+    pub lowers: Vec<PathBuf>,
 }
 
 /// What an unpack did.
@@ -73,15 +76,33 @@ pub fn unpack(
         dirs: Vec::new(),
         dir_index: HashMap::new(),
         parent: None,
+        buf: Vec::new(),
     };
     let mut archive = tar::Archive::new(input);
     for entry in archive.entries().map_err(LayerError::Read)? {
         let mut entry = entry.map_err(LayerError::Read)?;
-        unpacker.apply(&mut entry)?;
+        unpacker
+            .apply(&mut entry)
+            .map_err(|e| name_entry(&entry.path_bytes(), e))?;
     }
     unpacker.finish_dirs()?;
     io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(LayerError::Read)?;
     Ok(unpacker.stats)
+}
+
+/// Makes sure an entry's error names the entry.
+fn name_entry(raw_path: &[u8], e: LayerError) -> LayerError {
+    match e {
+        LayerError::UnsafePath { .. }
+        | LayerError::WhiteoutRejected { .. }
+        | LayerError::HardlinkTarget { .. }
+        | LayerError::Unsupported { .. }
+        | LayerError::Entry { .. } => e,
+        other => LayerError::Entry {
+            entry: lossy(raw_path),
+            source: Box::new(other),
+        },
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -195,6 +216,18 @@ fn plan(
         };
     }
     let (parent, name) = split_last(&path);
+    // Such a directory could never be written back into a layer.
+    if parent
+        .split(|b| *b == b'/')
+        .any(|c| c.starts_with(WHITEOUT_PREFIX))
+    {
+        return Err(match whiteouts {
+            Whiteouts::Reject => LayerError::WhiteoutRejected { entry: entry() },
+            Whiteouts::Overlay => {
+                unsupported("directory names starting with .wh. are reserved for whiteouts".into())
+            }
+        });
+    }
     if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
         if whiteouts == Whiteouts::Reject {
             return Err(LayerError::WhiteoutRejected { entry: entry() });
@@ -338,6 +371,40 @@ struct Unpacker<'o> {
     /// An entry only ever removes its own name, never its parent, so the
     /// cached fd stays the directory the path names.
     parent: Option<(Vec<u8>, OwnedFd)>,
+    /// The copy buffer, reused across files.
+    buf: Vec<u8>,
+}
+
+/// Bytes read and written at a time when extracting a file.
+const COPY_CHUNK: usize = 64 * 1024;
+static ZEROS: [u8; COPY_CHUNK] = [0; COPY_CHUNK];
+
+/// Copies `data` into `file`, seeking over all-zero chunks instead of
+/// writing them, so sparse files (and tar bombs of zeros) stay sparse on
+/// disk. Returns the bytes copied.
+fn copy_with_holes(data: &mut impl Read, file: &mut File, buf: &mut [u8]) -> io::Result<u64> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut total = 0u64;
+    let mut ends_in_hole = false;
+    loop {
+        let n = match data.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        ends_in_hole = buf[..n] == ZEROS[..n];
+        if ends_in_hole {
+            file.seek(SeekFrom::Current(n as i64))?;
+        } else {
+            file.write_all(&buf[..n])?;
+        }
+        total += n as u64;
+    }
+    if ends_in_hole {
+        file.set_len(total)?;
+    }
+    Ok(total)
 }
 
 const DIR_PATH: OFlags = OFlags::PATH.union(OFlags::DIRECTORY).union(OFlags::CLOEXEC);
@@ -436,6 +503,16 @@ impl Unpacker<'_> {
         )?;
         self.stats.entries += 1;
         let meta = read_meta(entry).map_err(LayerError::Read)?;
+        // chown(2) takes 32 bits, and -1 there means "leave unchanged".
+        for (what, id) in [("uid", meta.uid), ("gid", meta.gid)] {
+            if id >= u64::from(u32::MAX) {
+                return Err(LayerError::Unsupported {
+                    entry: lossy(&raw),
+                    reason: format!("{what} {id} is out of range (at most {})", u32::MAX - 1),
+                });
+            }
+        }
+        let size = entry.size();
         match plan {
             Plan::Skip => Ok(()),
             Plan::Opaque(dir) => self.make_opaque(&dir),
@@ -449,7 +526,7 @@ impl Unpacker<'_> {
                 this.make_dir(pfd, name, path, &meta)
             }),
             Plan::File(path) => self.at_leaf(path, true, |this, pfd, name, path| {
-                this.make_file(pfd, name, path, &meta, &mut *entry)
+                this.make_file(pfd, name, path, &meta, &mut *entry, size)
             }),
             Plan::Symlink(path, target) => self.at_leaf(path, true, |this, pfd, name, path| {
                 rustix::fs::symlinkat(OsStr::from_bytes(&target), pfd, name)
@@ -600,6 +677,7 @@ impl Unpacker<'_> {
         path: &[u8],
         meta: &Meta,
         data: &mut R,
+        size: u64,
     ) -> Result<(), LayerError> {
         let host = self.host_path(path);
         let flags =
@@ -607,11 +685,23 @@ impl Unpacker<'_> {
         let fd = rustix::fs::openat(pfd, name, flags, Mode::from_raw_mode(0o600))
             .map_err(io_err("create", &host))?;
         let mut file = File::from(fd);
-        self.stats.file_bytes += io::copy(data, &mut file).map_err(|source| LayerError::Io {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(COPY_CHUNK, 0);
+        let copied = copy_with_holes(data, &mut file, &mut buf);
+        self.buf = buf;
+        let extract_err = |source| LayerError::Io {
             action: "extract",
             path: host.clone(),
             source,
-        })?;
+        };
+        let copied = copied.map_err(extract_err)?;
+        if copied != size {
+            return Err(extract_err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the archive ends after {copied} of its {size} bytes"),
+            )));
+        }
+        self.stats.file_bytes += copied;
         // chown clears setuid bits and file capabilities: chmod and xattrs after it.
         if self.opts.preserve_owners {
             rustix::fs::fchown(&file, Some(uid(meta.uid)), Some(gid(meta.gid)))
@@ -670,7 +760,9 @@ impl Unpacker<'_> {
     }
 
     /// Links `name` to `target`; the entry's own metadata is ignored, as
-    /// the shared inode got its metadata from the target's entry.
+    /// the shared inode got its metadata from the target's entry. A target
+    /// in a lower layer cannot share an inode across layer directories, so
+    /// it is copied, content and metadata, as overlayfs' copy-up would.
     fn make_hardlink(
         &mut self,
         pfd: &OwnedFd,
@@ -678,26 +770,130 @@ impl Unpacker<'_> {
         path: &[u8],
         target: &[u8],
     ) -> Result<(), LayerError> {
-        let outside = || LayerError::HardlinkOutside {
+        let missing = |reason| LayerError::HardlinkTarget {
             entry: lossy(path),
             target: lossy(target),
+            reason,
         };
         let (tparent, tname) = split_last(target);
-        let tfd = match self.open_in_root(tparent, DIR_PATH) {
-            Ok(fd) => fd,
-            Err(Errno::NOENT | Errno::NOTDIR) => return Err(outside()),
+        let tname = OsStr::from_bytes(tname);
+        match self.open_in_root(tparent, DIR_PATH) {
+            Ok(tfd) => match rustix::fs::statat(&tfd, tname, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) if is_whiteout(&st) => return Err(missing("this layer deletes")),
+                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                    return Err(missing("is a directory"));
+                }
+                Ok(_) => {
+                    self.clear(pfd, name, path, false)?;
+                    return rustix::fs::linkat(&tfd, tname, pfd, name, AtFlags::empty())
+                        .map_err(io_err("create hardlink", &self.host_path(path)));
+                }
+                Err(Errno::NOENT) => {}
+                Err(e) => return Err(io_err("inspect", &self.host_path(target))(e)),
+            },
+            Err(Errno::NOENT | Errno::NOTDIR) => {}
             Err(e) => return Err(io_err("open", &self.host_path(tparent))(e)),
-        };
+        }
+        let (src_dir, st) = self.find_below(target)?.map_err(missing)?;
         self.clear(pfd, name, path, false)?;
-        match rustix::fs::linkat(&tfd, OsStr::from_bytes(tname), pfd, name, AtFlags::empty()) {
-            Ok(()) => Ok(()),
-            Err(Errno::NOENT) => Err(outside()),
-            Err(e) => Err(io_err("create hardlink", &self.host_path(path))(e)),
+        self.copy_node(pfd, name, path, &src_dir, tname, &st)
+    }
+
+    /// Finds `target` below this layer as overlayfs would: this layer's
+    /// whiteouts, opaque directories and non-directories hide what is
+    /// under them in the lowers, and the first lower that has it wins.
+    /// No symlink is followed, so nothing outside the layer roots is seen.
+    /// Returns the parent directory and the target's stat, or why it is
+    /// missing.
+    fn find_below(
+        &self,
+        target: &[u8],
+    ) -> Result<Result<(OwnedFd, rustix::fs::Stat), &'static str>, LayerError> {
+        let comps: Vec<&[u8]> = target.split(|b| *b == b'/').collect();
+        let roots = std::iter::once(&self.dest).chain(&self.opts.lowers);
+        for root in roots {
+            let fail = |e| io_err("resolve a hardlink target in", root)(e);
+            let dir = rustix::fs::open(root, DIR_READ, Mode::empty()).map_err(fail)?;
+            match lookup(dir, &comps).map_err(fail)? {
+                Lookup::Found(dir, st) => return Ok(Ok((dir, st))),
+                Lookup::Hidden(reason) => return Ok(Err(reason)),
+                Lookup::Absent { opaque: true } => {
+                    return Ok(Err("is hidden by an opaque directory"));
+                }
+                Lookup::Absent { opaque: false } => {}
+            }
+        }
+        Ok(Err("is neither in this layer nor in any layer below it"))
+    }
+
+    /// Recreates the node `name` in `src_dir` (stat `st`) as `name` in `pfd`.
+    fn copy_node(
+        &mut self,
+        pfd: &OwnedFd,
+        name: &OsStr,
+        path: &[u8],
+        src_dir: &OwnedFd,
+        src_name: &OsStr,
+        st: &rustix::fs::Stat,
+    ) -> Result<(), LayerError> {
+        let host = self.host_path(path);
+        let meta = Meta {
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid.into(),
+            gid: st.st_gid.into(),
+            mtime: (st.st_mtime, st.st_mtime_nsec.try_into().unwrap_or(0)),
+            xattrs: node_xattrs(src_dir, src_name).map_err(|source| LayerError::Io {
+                action: "read the xattrs of the hardlink target for",
+                path: host.clone(),
+                source,
+            })?,
+        };
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::RegularFile => {
+                let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                let src = rustix::fs::openat(src_dir, src_name, flags, Mode::empty())
+                    .map_err(io_err("open the hardlink target for", &host))?;
+                let size = u64::try_from(st.st_size).unwrap_or(0);
+                self.make_file(pfd, name, path, &meta, &mut File::from(src), size)
+            }
+            FileType::Symlink => {
+                let link = rustix::fs::readlinkat(src_dir, src_name, Vec::new())
+                    .map_err(io_err("read the hardlink target for", &host))?;
+                rustix::fs::symlinkat(link.as_c_str(), pfd, name)
+                    .map_err(io_err("create symlink", &host))?;
+                self.node_meta(pfd, name, path, &meta, false)
+            }
+            FileType::Fifo => {
+                rustix::fs::mknodat(pfd, name, FileType::Fifo, Mode::from_raw_mode(meta.mode), 0)
+                    .map_err(io_err("create fifo", &host))?;
+                self.node_meta(pfd, name, path, &meta, true)
+            }
+            kind @ (FileType::CharacterDevice | FileType::BlockDevice) => {
+                let dev = (rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
+                self.make_device(pfd, name, path, &meta, kind, dev)
+            }
+            other => Err(LayerError::Unsupported {
+                entry: lossy(path),
+                reason: format!("a hardlink to a {other:?} in a lower layer cannot be copied"),
+            }),
         }
     }
 
     fn make_opaque(&mut self, dir: &[u8]) -> Result<(), LayerError> {
         let host = self.host_path(dir);
+        // The marker names this layer's own directory: a symlink there
+        // cannot be opaque, and following it would mark another directory.
+        if !dir.is_empty() {
+            let (parent, name) = split_last(dir);
+            let pfd = self.ensure_dir(parent)?;
+            match rustix::fs::statat(&pfd, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::Directory => {
+                    return Err(io_err("mark opaque", &host)(Errno::NOTDIR));
+                }
+                Ok(_) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(io_err("inspect", &host)(e)),
+            }
+        }
         self.ensure_dir(dir)?;
         let fd = self
             .open_in_root(dir, DIR_READ)
@@ -734,6 +930,87 @@ impl Unpacker<'_> {
         }
         Ok(())
     }
+}
+
+/// What one layer directory holds at a path, in overlayfs' terms.
+enum Lookup {
+    /// A non-directory: its parent directory and its stat.
+    Found(OwnedFd, rustix::fs::Stat),
+    /// Nothing here; `opaque` if a directory on the way hides the lowers.
+    Absent { opaque: bool },
+    /// Something here hides the path from every lower layer.
+    Hidden(&'static str),
+}
+
+/// Walks `comps` down from `dir` without following symlinks.
+fn lookup(mut dir: OwnedFd, comps: &[&[u8]]) -> Result<Lookup, Errno> {
+    let (last, parents) = comps
+        .split_last()
+        .expect("hardlink targets are not the root");
+    let mut opaque = is_opaque(&dir)?;
+    for comp in parents {
+        let name = OsStr::from_bytes(comp);
+        let st = match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(Lookup::Absent { opaque }),
+            Err(e) => return Err(e),
+        };
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => {
+                dir = rustix::fs::openat(&dir, name, DIR_READ, Mode::empty())?;
+                opaque |= is_opaque(&dir)?;
+            }
+            _ if is_whiteout(&st) => {
+                return Ok(Lookup::Hidden("is under a directory deleted by a whiteout"));
+            }
+            FileType::Symlink => {
+                return Ok(Lookup::Hidden(
+                    "is under a symlink, and hardlink targets are never resolved through symlinks",
+                ));
+            }
+            _ => return Ok(Lookup::Hidden("is under a non-directory")),
+        }
+    }
+    let name = OsStr::from_bytes(last);
+    match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if is_whiteout(&st) => Ok(Lookup::Hidden("was deleted by a whiteout")),
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+            Ok(Lookup::Hidden("is a directory"))
+        }
+        Ok(st) => Ok(Lookup::Found(dir, st)),
+        Err(Errno::NOENT) => Ok(Lookup::Absent { opaque }),
+        Err(e) => Err(e),
+    }
+}
+
+/// True for an overlay-format whiteout: a char device 0/0.
+fn is_whiteout(st: &rustix::fs::Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0
+}
+
+/// True if the directory `fd` carries the opaque marker.
+fn is_opaque(fd: &OwnedFd) -> Result<bool, Errno> {
+    let mut value = [0u8; 2];
+    match rustix::fs::fgetxattr(fd, OPAQUE_XATTR, &mut value) {
+        Ok(n) => Ok(value[..n] == *b"y"),
+        // Absent, unreadable without privilege, or not supported: not opaque.
+        Err(Errno::NODATA | Errno::RANGE | Errno::PERM | Errno::OPNOTSUPP) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The xattrs of the node `name` in `dir`, a symlink itself if it is one.
+fn node_xattrs(dir: &OwnedFd, name: &OsStr) -> io::Result<XattrPairs> {
+    let mut via = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    via.extend_from_slice(name.as_bytes());
+    let via = Path::new(OsStr::from_bytes(&via));
+    let mut out = Vec::new();
+    for xname in xattr::list(via)? {
+        if let Some(value) = xattr::get(via, &xname)? {
+            out.push((xname.as_bytes().to_vec(), value));
+        }
+    }
+    Ok(out)
 }
 
 fn uid(raw: u64) -> rustix::fs::Uid {
@@ -871,6 +1148,7 @@ mod tests {
     const OVERLAY: UnpackOptions = UnpackOptions {
         whiteouts: Whiteouts::Overlay,
         preserve_owners: true,
+        lowers: Vec::new(),
     };
 
     fn unpack_bytes(
@@ -918,6 +1196,14 @@ mod tests {
             plan_of(b"a/.wh.b", Whiteouts::Reject),
             Err(LayerError::WhiteoutRejected { .. })
         ));
+        assert!(matches!(
+            plan_of(b"x/.wh.a/b", Whiteouts::Overlay),
+            Err(LayerError::Unsupported { entry, .. }) if entry == "x/.wh.a/b"
+        ));
+        assert!(matches!(
+            plan_of(b".wh.a/b", Whiteouts::Reject),
+            Err(LayerError::WhiteoutRejected { .. })
+        ));
         let link = plan(
             b"x",
             EntryType::Link,
@@ -938,6 +1224,26 @@ mod tests {
         assert_eq!(parse_pax_time("12.0000000019"), Some((12, 1)));
         assert_eq!(parse_pax_time("x"), None);
         assert_eq!(parse_pax_time(".5"), None);
+    }
+
+    #[test]
+    fn zero_chunks_become_holes_with_the_same_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut data = vec![0u8; 3 * COPY_CHUNK];
+        data[COPY_CHUNK + 7] = 1;
+        for trailing_zeros in [true, false] {
+            if !trailing_zeros {
+                data.push(9);
+            }
+            let path = dir.path().join(format!("f{trailing_zeros}"));
+            let mut file = File::create(&path).unwrap();
+            let mut buf = vec![0; COPY_CHUNK];
+            let n = copy_with_holes(&mut &data[..], &mut file, &mut buf).unwrap();
+            assert_eq!(n, data.len() as u64);
+            assert_eq!(fs::read(&path).unwrap(), data);
+            let on_disk = fs::metadata(&path).unwrap().blocks() * 512;
+            assert!(on_disk < data.len() as u64, "{on_disk} bytes allocated");
+        }
     }
 
     #[test]
@@ -1058,12 +1364,16 @@ mod tests {
         t.add("dangling", EntryType::Symlink, 0o777, &target, b"")
             .file("dangling/z", 0o644, b"");
         let (dest, result) = unpack_bytes(&t.bytes(), &OVERLAY);
+        let Err(LayerError::Entry { entry, source }) = result else {
+            panic!("{result:?}");
+        };
+        assert_eq!(entry, "dangling/z");
         assert!(matches!(
-            result,
-            Err(LayerError::Io {
+            *source,
+            LayerError::Io {
                 action: "create directory",
                 ..
-            })
+            }
         ));
         assert!(!Path::new(&target).exists());
         assert!(!dest.path().join(&target[1..]).exists());
@@ -1090,14 +1400,159 @@ mod tests {
     }
 
     #[test]
-    fn hardlinks_outside_the_layer_are_refused() {
+    fn hardlinks_to_nothing_are_refused_naming_the_entry() {
         let tar = TarBuilder::new()
             .add("x", EntryType::Link, 0o644, "usr/lib/missing", b"")
             .bytes();
-        let (_dest, result) = unpack_bytes(&tar, &OVERLAY);
+        let (dest, result) = unpack_bytes(&tar, &OVERLAY);
         let err = result.unwrap_err();
-        assert!(matches!(err, LayerError::HardlinkOutside { .. }));
-        assert!(err.to_string().contains("not supported yet"), "{err}");
+        assert!(
+            matches!(&err, LayerError::HardlinkTarget { entry, reason, .. }
+                if entry == "x" && reason.contains("neither in this layer")),
+            "{err}"
+        );
+        assert!(!dest.path().join("x").exists());
+    }
+
+    fn mknod_whiteout(path: &Path) {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            FileType::CharacterDevice,
+            Mode::empty(),
+            rustix::fs::makedev(0, 0),
+        )
+        .unwrap();
+    }
+
+    /// Two extracted lower layers: the bottom one has files, the top one
+    /// deletes some of them.
+    fn lower_stack() -> (tempfile::TempDir, Vec<PathBuf>) {
+        let base = tempfile::tempdir().unwrap();
+        let (top, bottom) = (base.path().join("top"), base.path().join("bottom"));
+        fs::create_dir_all(bottom.join("usr/bin")).unwrap();
+        fs::create_dir_all(bottom.join("etc/old")).unwrap();
+        fs::write(bottom.join("usr/bin/tool"), b"tool bytes").unwrap();
+        // chown clears setuid: chmod after it.
+        std::os::unix::fs::chown(bottom.join("usr/bin/tool"), Some(12), Some(34)).unwrap();
+        fs::set_permissions(
+            bottom.join("usr/bin/tool"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o4751),
+        )
+        .unwrap();
+        xattr::set(bottom.join("usr/bin/tool"), "user.kept", b"v").unwrap();
+        let t = timestamps((1_234_567_890, 5));
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            bottom.join("usr/bin/tool"),
+            &t,
+            AtFlags::empty(),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", bottom.join("usr/bin/abs")).unwrap();
+        fs::write(bottom.join("etc/gone"), b"deleted above").unwrap();
+        fs::write(bottom.join("etc/old/f"), b"hidden above").unwrap();
+        // A symlinked parent: resolving through it would leave the lowers.
+        std::os::unix::fs::symlink("/etc", bottom.join("hostetc")).unwrap();
+        fs::create_dir_all(top.join("etc/old")).unwrap();
+        mknod_whiteout(&top.join("etc/gone"));
+        fs::set_permissions(
+            top.join("etc"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        xattr::set(top.join("etc/old"), OPAQUE_XATTR, b"y").unwrap();
+        (base, vec![top, bottom])
+    }
+
+    #[test]
+    fn hardlinks_to_lower_layers_become_copies_with_the_targets_metadata() {
+        let (_base, lowers) = lower_stack();
+        let opts = UnpackOptions { lowers, ..OVERLAY };
+        let tar = TarBuilder::new()
+            .add("usr/bin/alias", EntryType::Link, 0o644, "usr/bin/tool", b"")
+            .add("abs-link", EntryType::Link, 0o644, "/usr/bin/abs", b"")
+            .bytes();
+        let (dest, stats) = unpack_bytes(&tar, &opts);
+        assert_eq!(stats.unwrap().file_bytes, 10);
+        let alias = dest.path().join("usr/bin/alias");
+        assert_eq!(fs::read(&alias).unwrap(), b"tool bytes");
+        let m = fs::metadata(&alias).unwrap();
+        assert_eq!(
+            (
+                m.mode() & 0o7777,
+                m.uid(),
+                m.gid(),
+                m.mtime(),
+                m.mtime_nsec()
+            ),
+            (0o4751, 12, 34, 1_234_567_890, 5)
+        );
+        assert_eq!(m.nlink(), 1);
+        assert_eq!(
+            xattr::get(&alias, "user.kept").unwrap(),
+            Some(b"v".to_vec())
+        );
+        assert_eq!(
+            fs::read_link(dest.path().join("abs-link")).unwrap(),
+            Path::new("/etc/passwd")
+        );
+    }
+
+    #[test]
+    fn hardlinks_to_deleted_hidden_or_symlinked_lower_paths_are_refused() {
+        let (_base, lowers) = lower_stack();
+        let cases = [
+            ("etc/gone", "was deleted by a whiteout"),
+            ("etc/old/f", "is hidden by an opaque directory"),
+            ("hostetc/passwd", "never resolved through symlinks"),
+            ("usr/bin", "is a directory"),
+            ("usr/bin/tool/x", "is under a non-directory"),
+        ];
+        for (target, reason) in cases {
+            let opts = UnpackOptions {
+                lowers: lowers.clone(),
+                ..OVERLAY
+            };
+            let tar = TarBuilder::new()
+                .add("l", EntryType::Link, 0o644, target, b"")
+                .bytes();
+            let (dest, result) = unpack_bytes(&tar, &opts);
+            let err = result.unwrap_err();
+            assert!(
+                matches!(&err, LayerError::HardlinkTarget { entry, .. } if entry == "l"),
+                "{target}: {err}"
+            );
+            assert!(err.to_string().contains(reason), "{target}: {err}");
+            assert!(!dest.path().join("l").exists(), "{target}");
+        }
+    }
+
+    #[test]
+    fn this_layers_whiteouts_and_opaque_dirs_hide_lower_targets() {
+        let (_base, lowers) = lower_stack();
+        let opts = UnpackOptions { lowers, ..OVERLAY };
+        let tar = TarBuilder::new()
+            .file("usr/bin/.wh.tool", 0o644, b"")
+            .add("a", EntryType::Link, 0o644, "usr/bin/tool", b"")
+            .bytes();
+        let err = unpack_bytes(&tar, &opts).1.unwrap_err();
+        assert!(err.to_string().contains("this layer deletes"), "{err}");
+        let tar = TarBuilder::new()
+            .file("usr/.wh..wh..opq", 0o644, b"")
+            .add("a", EntryType::Link, 0o644, "usr/bin/tool", b"")
+            .bytes();
+        let err = unpack_bytes(&tar, &opts).1.unwrap_err();
+        assert!(err.to_string().contains("opaque"), "{err}");
+        let tar = TarBuilder::new()
+            .file(".wh.usr", 0o644, b"")
+            .add("a", EntryType::Link, 0o644, "usr/bin/tool", b"")
+            .bytes();
+        let err = unpack_bytes(&tar, &opts).1.unwrap_err();
+        assert!(
+            err.to_string().contains("is under a directory deleted"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1106,6 +1561,7 @@ mod tests {
         let opts = UnpackOptions {
             whiteouts: Whiteouts::Reject,
             preserve_owners: false,
+            lowers: Vec::new(),
         };
         let (_dest, result) = unpack_bytes(&tar, &opts);
         assert!(matches!(result, Err(LayerError::WhiteoutRejected { .. })));

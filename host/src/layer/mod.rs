@@ -8,6 +8,7 @@
 //! `trusted.overlay.opaque=y` on its directory. Writing does the reverse.
 
 pub mod apply;
+mod pgzip;
 pub mod write;
 
 pub use apply::{UnpackOptions, UnpackStats, Whiteouts, unpack};
@@ -49,11 +50,21 @@ pub enum LayerError {
     )]
     WhiteoutRejected { entry: String },
     #[error(
-        "tar entry {entry:?} is a hardlink to {target:?}, which is not in this layer: hardlinks to lower layers are not supported yet"
+        "tar entry {entry:?} is a hardlink to {target:?}, which {reason}: check that the archive is complete and its lower layers are applied below it in order"
     )]
-    HardlinkOutside { entry: String, target: String },
+    HardlinkTarget {
+        entry: String,
+        target: String,
+        reason: &'static str,
+    },
     #[error("tar entry {entry:?}: {reason}")]
     Unsupported { entry: String, reason: String },
+    #[error("tar entry {entry:?}: {source}")]
+    Entry {
+        entry: String,
+        #[source]
+        source: Box<LayerError>,
+    },
     #[error(
         "{path} carries the overlayfs xattr {xattr}, so its content lives partly in a lower layer: mount overlayfs with redirect_dir=off,metacopy=off"
     )]
@@ -138,6 +149,7 @@ mod tests {
         let opts = UnpackOptions {
             whiteouts: Whiteouts::Overlay,
             preserve_owners: true,
+            lowers: Vec::new(),
         };
         unpack(store.open_blob(&blob.digest).unwrap(), dest.path(), &opts).unwrap();
         describe(dest.path())

@@ -5,15 +5,16 @@
 //! Canonical means: entries sorted byte-wise by path (directories carry a
 //! trailing `/`), ustar headers with empty user and group names, whole-second
 //! mtimes (optionally clamped), long names and xattrs as sorted PAX records,
-//! the gzip header without name or time, and zstd always in libzstd's
-//! multithreaded mode, whose output does not depend on the number of
-//! workers (single-threaded mode frames the data differently).
+//! gzip as pigz-style fixed-size blocks compressed in parallel (see
+//! [`super::pgzip`]) behind a header without name or time, and zstd always
+//! in libzstd's multithreaded mode (single-threaded mode frames the data
+//! differently). Neither output depends on the number of threads.
 
+use super::pgzip::ParGzWriter;
 use super::{LayerError, OPAQUE_MARKER, WHITEOUT_PREFIX, XattrPairs, is_overlay_xattr};
 use crate::digest::{Digest, HashingWriter};
 use crate::image::manifest::{DOCKER_LAYER_GZIP, OCI_LAYER_ZSTD};
 use crate::store::{BlobWriter, Store};
-use flate2::write::GzEncoder;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fs::{self, File, Metadata};
@@ -87,21 +88,21 @@ pub struct WriteOptions {
 
 /// A compressor in front of the blob (which hashes what it is given).
 enum Encoder {
-    Gzip(GzEncoder<BlobWriter>),
+    Gzip(ParGzWriter<BlobWriter>),
     Zstd(zstd::stream::write::Encoder<'static, BlobWriter>),
 }
 
 impl Encoder {
-    /// `zstd_workers` is the number of libzstd compression threads.
-    fn new(compression: Compression, blob: BlobWriter, zstd_workers: u32) -> io::Result<Self> {
+    /// `workers` is the number of compression threads.
+    fn new(compression: Compression, blob: BlobWriter, workers: u32) -> io::Result<Self> {
         Ok(match compression {
             Compression::Gzip { level } => {
-                Self::Gzip(GzEncoder::new(blob, flate2::Compression::new(level)))
+                Self::Gzip(ParGzWriter::new(blob, level, workers as usize)?)
             }
             Compression::Zstd { level } => {
                 let mut zstd = zstd::stream::write::Encoder::new(blob, level)?;
                 zstd.include_checksum(true)?;
-                zstd.multithread(zstd_workers)?;
+                zstd.multithread(workers)?;
                 Self::Zstd(zstd)
             }
         })
@@ -132,9 +133,9 @@ impl Write for Encoder {
     }
 }
 
-/// libzstd compression threads: one per CPU. At least one, so the frame
-/// layout (and the digest) is that of multithreaded mode everywhere.
-fn default_zstd_workers() -> u32 {
+/// Compression threads: one per CPU. At least one, so zstd's frame layout
+/// (and the digest) is that of multithreaded mode everywhere.
+fn default_workers() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
 }
 
@@ -152,7 +153,7 @@ pub fn write_layer(
         return Ok(None);
     }
     let blob = store.blob_writer()?;
-    let encoder = Encoder::new(compression, blob, default_zstd_workers())
+    let encoder = Encoder::new(compression, blob, default_workers())
         .map_err(io_err("start compressing", root))?;
     let mut writer = TreeWriter {
         tar: tar::Builder::new(HashingWriter::new(encoder)),
@@ -883,6 +884,7 @@ mod tests {
         let unpack_opts = UnpackOptions {
             whiteouts: Whiteouts::Overlay,
             preserve_owners: true,
+            lowers: Vec::new(),
         };
         unpack(s1.open_blob(&b1.digest).unwrap(), dest.path(), &unpack_opts).unwrap();
         for f in ["etc/conf", "zeros", "random"] {
@@ -899,30 +901,38 @@ mod tests {
     }
 
     #[test]
-    fn zstd_output_does_not_depend_on_the_number_of_threads() {
-        // Larger than several libzstd jobs at level 3, so the threads
-        // really split the work.
+    fn output_does_not_depend_on_the_number_of_threads() {
+        // Larger than several libzstd jobs at level 3 and many gzip blocks,
+        // so the threads really split the work.
         let data: Vec<u8> = pseudo_random(1 << 20)
             .iter()
             .flat_map(|b| [*b, b'a', b'b', *b & 0x0f])
             .chain(std::iter::repeat_n(b'z', 16 << 20))
             .collect();
         let (_k, s) = store();
-        let encode = |workers| {
-            let mut e = Encoder::new(Compression::ZSTD, s.blob_writer().unwrap(), workers).unwrap();
-            for chunk in data.chunks(10_000) {
-                e.write_all(chunk).unwrap();
+        for compression in [Compression::ZSTD, Compression::GZIP] {
+            let encode = |workers| {
+                let mut e = Encoder::new(compression, s.blob_writer().unwrap(), workers).unwrap();
+                for chunk in data.chunks(10_000) {
+                    e.write_all(chunk).unwrap();
+                }
+                e.finish().unwrap().commit(None).unwrap().0
+            };
+            let one = encode(1);
+            assert_eq!(encode(2), one, "{compression:?}");
+            assert_eq!(encode(4), one, "{compression:?}");
+            let blob = s.open_blob(&one).unwrap();
+            let mut back = Vec::new();
+            match compression {
+                Compression::Zstd { .. } => zstd::stream::read::Decoder::new(blob)
+                    .unwrap()
+                    .read_to_end(&mut back),
+                Compression::Gzip { .. } => {
+                    flate2::read::GzDecoder::new(blob).read_to_end(&mut back)
+                }
             }
-            e.finish().unwrap().commit(None).unwrap().0
-        };
-        let one = encode(1);
-        assert_eq!(encode(2), one);
-        assert_eq!(encode(4), one);
-        let mut back = Vec::new();
-        zstd::stream::read::Decoder::new(s.open_blob(&one).unwrap())
-            .unwrap()
-            .read_to_end(&mut back)
             .unwrap();
-        assert!(back == data);
+            assert!(back == data, "{compression:?}");
+        }
     }
 }

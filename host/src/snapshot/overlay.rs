@@ -146,6 +146,7 @@ mod tests {
         let opts = UnpackOptions {
             whiteouts: Whiteouts::Overlay,
             preserve_owners: true,
+            lowers: Vec::new(),
         };
         unpack(
             store.open_blob(&blob.digest).unwrap(),

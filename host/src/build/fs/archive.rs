@@ -160,6 +160,7 @@ pub fn extract(path: &Path, dir: &Path, keep_owners: bool) -> Result<(), FsError
     let opts = UnpackOptions {
         whiteouts: Whiteouts::Reject,
         preserve_owners: keep_owners,
+        lowers: Vec::new(),
     };
     unpack(stream, dir, &opts).map_err(|e| fail(e.to_string()))?;
     Ok(())

@@ -15,7 +15,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt, lchown, symlin
 use std::path::{Component, Path, PathBuf};
 
 /// Xattr namespaces that belong to overlayfs, never to the copied content.
-const OVERLAY_XATTRS: [&str; 2] = ["trusted.overlay.", "user.overlay."];
+pub(super) const OVERLAY_XATTRS: [&str; 2] = ["trusted.overlay.", "user.overlay."];
 
 /// One COPY into an image root.
 pub struct Copy<'a> {
@@ -197,8 +197,7 @@ impl<'a> Copier<'a> {
 
     /// True if `--exclude` leaves out a file a source names directly.
     pub(super) fn excludes_name(&self, m: &Matched) -> bool {
-        let name = m.rel.file_name().unwrap_or_default();
-        self.excludes.is_ignored(&name.to_string_lossy())
+        excludes_name(&self.excludes, m)
     }
 
     /// Copies the contents of directory `src` into `dest`, an existing
@@ -235,8 +234,7 @@ impl<'a> Copier<'a> {
         Ok(())
     }
 
-    /// Whether an entry survives `.dockerignore` and `--exclude`; a left-out
-    /// directory is still wanted if an exception keeps something below it.
+    /// [`wanted`] with this copy's source and `--exclude` patterns.
     fn wanted(
         &self,
         src: &Path,
@@ -244,30 +242,7 @@ impl<'a> Copier<'a> {
         ex_rel: &Path,
         is_dir: bool,
     ) -> Result<bool, FsError> {
-        let ignored = self.source.ignores(ctx_rel);
-        let excluded = self.excludes.is_ignored(&ex_rel.to_string_lossy());
-        if !ignored && !excluded {
-            return Ok(true);
-        }
-        if !is_dir
-            || (ignored && self.source.hides(ctx_rel))
-            || (excluded && !self.excludes.has_exceptions())
-        {
-            return Ok(false);
-        }
-        for entry in sorted_entries(src)? {
-            let name = entry.file_name();
-            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-            if self.wanted(
-                &entry.path(),
-                &ctx_rel.join(&name),
-                &ex_rel.join(&name),
-                is_dir,
-            )? {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        wanted(&self.source, &self.excludes, src, ctx_rel, ex_rel, is_dir)
     }
 
     /// Makes `dest` a directory for the copy of `src`; true if created.
@@ -509,7 +484,51 @@ impl ParentsWalk<'_> {
     }
 }
 
-fn sorted_entries(dir: &Path) -> Result<Vec<fs::DirEntry>, FsError> {
+/// True if `--exclude` leaves out a file a source names directly.
+pub(super) fn excludes_name(excludes: &Ignore, m: &Matched) -> bool {
+    let name = m.rel.file_name().unwrap_or_default();
+    excludes.is_ignored(&name.to_string_lossy())
+}
+
+/// Whether an entry survives `.dockerignore` and `--exclude`; a left-out
+/// directory is still wanted if an exception keeps something below it.
+/// `ctx_rel` is the entry relative to the source root, `ex_rel` relative
+/// to the copied source.
+pub(super) fn wanted(
+    source: &CopySource<'_>,
+    excludes: &Ignore,
+    src: &Path,
+    ctx_rel: &Path,
+    ex_rel: &Path,
+    is_dir: bool,
+) -> Result<bool, FsError> {
+    let ignored = source.ignores(ctx_rel);
+    let excluded = excludes.is_ignored(&ex_rel.to_string_lossy());
+    if !ignored && !excluded {
+        return Ok(true);
+    }
+    if !is_dir || (ignored && source.hides(ctx_rel)) || (excluded && !excludes.has_exceptions()) {
+        return Ok(false);
+    }
+    for entry in sorted_entries(src)? {
+        let name = entry.file_name();
+        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if wanted(
+            source,
+            excludes,
+            &entry.path(),
+            &ctx_rel.join(&name),
+            &ex_rel.join(&name),
+            is_dir,
+        )? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The entries of `dir`, sorted by name.
+pub(super) fn sorted_entries(dir: &Path) -> Result<Vec<fs::DirEntry>, FsError> {
     let mut entries: Vec<_> = fs::read_dir(dir)
         .map_err(io_at(dir))?
         .collect::<Result<_, _>>()

@@ -1,0 +1,7 @@
+//! Caching: content-addressed step keys (pure), the layer cache in a
+//! registry repository or an OCI layout, and the base-image cache on disk.
+
+pub mod base;
+pub mod key;
+pub mod sources;
+pub mod store;
