@@ -25,6 +25,37 @@ pub struct Cli {
 pub enum Command {
     /// Build an image from a Dockerfile (kaniko's executor).
     Build(Box<BuildArgs>),
+    /// Fill the base-image cache (kaniko's warmer).
+    Warm(WarmArgs),
+}
+
+/// Flags of `kiln warm`, kaniko's warmer.
+#[derive(Debug, Args)]
+pub struct WarmArgs {
+    /// Image to cache (repeatable).
+    #[arg(short = 'i', long = "image")]
+    pub images: Vec<String>,
+    /// Also cache the base images of this Dockerfile's stages.
+    #[arg(short = 'f', long)]
+    pub dockerfile: Option<PathBuf>,
+    /// Build argument K=V for expanding the Dockerfile's FROM lines.
+    #[arg(long = "build-arg")]
+    pub build_args: Vec<String>,
+    /// The base-image cache directory.
+    #[arg(long, default_value = "/cache")]
+    pub cache_dir: PathBuf,
+    /// Platform of the images: os/arch[/variant].
+    #[arg(long, default_value = "linux/amd64")]
+    pub custom_platform: String,
+    /// Registry reached over plain HTTP (repeatable).
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+    /// Log level: trace, debug, info, warn, error, fatal, panic.
+    #[arg(short = 'v', long, default_value = "info")]
+    pub verbosity: String,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "color")]
+    pub log_format: Format,
 }
 
 /// Flags of `kiln build`.
@@ -69,6 +100,27 @@ pub struct BuildArgs {
     /// Label K=V added to the image (repeatable).
     #[arg(long = "label")]
     pub labels: Vec<String>,
+    /// Cache layers in `--cache-repo` and base images in `--cache-dir`.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
+    pub cache: bool,
+    /// Where cached layers live: a repository, or `oci:/path` for a local layout.
+    #[arg(long)]
+    pub cache_repo: Option<String>,
+    /// The base-image cache directory (filled by `kiln warm` and by builds with `--cache`).
+    #[arg(long, default_value = "/cache")]
+    pub cache_dir: PathBuf,
+    /// How long cached layers and resolved base-image tags stay valid (Go duration).
+    #[arg(long, default_value = "336h", value_parser = parse_duration)]
+    pub cache_ttl: std::time::Duration,
+    /// Cache COPY and ADD layers (kiln's default, since it hashes their content).
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = true, default_missing_value = "true")]
+    pub cache_copy_layers: bool,
+    /// Cache RUN layers.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = true, default_missing_value = "true")]
+    pub cache_run_layers: bool,
+    /// Use the layer cache but do not add to it.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
+    pub no_push_cache: bool,
     /// Same inputs, same digest: timestamps are clamped to `SOURCE_DATE_EPOCH` (default 0).
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
     pub reproducible: bool,
@@ -165,20 +217,6 @@ pub struct NotYet {
     #[arg(long, hide = true)]
     context_sub_path: Option<String>,
     #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    cache: Option<String>,
-    #[arg(long, hide = true)]
-    cache_repo: Option<String>,
-    #[arg(long, hide = true)]
-    cache_dir: Option<String>,
-    #[arg(long, hide = true)]
-    cache_ttl: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    cache_copy_layers: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    cache_run_layers: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    no_push_cache: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     compressed_caching: Option<String>,
     #[arg(long, hide = true)]
     snapshot_mode: Option<String>,
@@ -205,15 +243,8 @@ pub struct NotYet {
 impl NotYet {
     /// The first unimplemented flag the user gave, as `--name`.
     pub fn first_given(&self) -> Option<&'static str> {
-        let flags: [(&'static str, bool); 19] = [
+        let flags: [(&'static str, bool); 12] = [
             ("--context-sub-path", self.context_sub_path.is_some()),
-            ("--cache", self.cache.is_some()),
-            ("--cache-repo", self.cache_repo.is_some()),
-            ("--cache-dir", self.cache_dir.is_some()),
-            ("--cache-ttl", self.cache_ttl.is_some()),
-            ("--cache-copy-layers", self.cache_copy_layers.is_some()),
-            ("--cache-run-layers", self.cache_run_layers.is_some()),
-            ("--no-push-cache", self.no_push_cache.is_some()),
             ("--compressed-caching", self.compressed_caching.is_some()),
             ("--snapshot-mode", self.snapshot_mode.is_some()),
             ("--single-snapshot", self.single_snapshot.is_some()),
@@ -308,6 +339,43 @@ pub fn parse_ssh(spec: &str, auth_sock: Option<&str>) -> Result<(String, PathBuf
     }
 }
 
+/// Parses a Go duration such as `336h`, `1h30m`, `90s` or `1.5h`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let err = || {
+        format!("invalid duration {text:?}: use a number with a unit such as 336h, 30m or 1h30m")
+    };
+    if text == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err(err());
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(err)?;
+        let value: f64 = rest[..num_len].parse().map_err(|_| err())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return Err(err()),
+        };
+        total += value * seconds;
+        rest = &rest[unit_len..];
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
+}
+
 /// The epoch `--reproducible` clamps timestamps to: `SOURCE_DATE_EPOCH`,
 /// or 0 as kaniko uses.
 pub fn reproducible_epoch(source_date_epoch: Option<&str>) -> Result<u64, String> {
@@ -376,6 +444,7 @@ mod tests {
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Build(b) => *b,
+            Command::Warm(_) => unreachable!("parsed as build"),
         }
     }
 
@@ -400,8 +469,8 @@ mod tests {
     #[test]
     fn unimplemented_flags_are_reported_not_ignored() {
         assert_eq!(
-            parse(&["--cache=true"]).not_yet.first_given(),
-            Some("--cache")
+            parse(&["--compressed-caching=false"]).not_yet.first_given(),
+            Some("--compressed-caching")
         );
         assert_eq!(
             parse(&["--snapshot-mode", "full"]).not_yet.first_given(),
@@ -519,6 +588,55 @@ mod tests {
         assert_eq!(reproducible_epoch(Some("1700000000")), Ok(1_700_000_000));
         assert!(reproducible_epoch(Some("yesterday")).is_err());
         assert!(parse(&["--reproducible"]).reproducible);
+    }
+
+    #[test]
+    fn cache_flags_and_durations() {
+        let b = parse(&[
+            "--cache",
+            "--cache-repo",
+            "oci:/c",
+            "--cache-ttl",
+            "1h30m",
+            "--cache-run-layers=false",
+        ]);
+        assert!(b.cache && !b.cache_run_layers && b.cache_copy_layers && !b.no_push_cache);
+        assert_eq!(b.cache_ttl, std::time::Duration::from_secs(5400));
+        assert_eq!(
+            parse(&[]).cache_ttl,
+            std::time::Duration::from_secs(336 * 3600)
+        );
+        assert_eq!(
+            parse_duration("1.5h").unwrap(),
+            std::time::Duration::from_secs(5400)
+        );
+        assert_eq!(
+            parse_duration("250ms").unwrap(),
+            std::time::Duration::from_millis(250)
+        );
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn warm_takes_kanikos_warmer_flags() {
+        let cli = Cli::try_parse_from([
+            "kiln",
+            "warm",
+            "-i",
+            "a:1",
+            "--image=b:2",
+            "--cache-dir",
+            "/c",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Warm(w) => {
+                assert_eq!(w.images, vec!["a:1", "b:2"]);
+                assert_eq!(w.cache_dir, PathBuf::from("/c"));
+            }
+            Command::Build(_) => panic!("parsed as build"),
+        }
     }
 
     #[test]

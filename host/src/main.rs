@@ -1,11 +1,12 @@
 //! The `kiln` binary: the command line's edge, where errors become exit codes.
 
 use clap::Parser;
-use kiln::build::{self, BuildError, Options};
-use kiln::cli::{self, BuildArgs, Cli, Command};
+use kiln::build::{self, BuildError, CacheOptions, Options};
+use kiln::cache::store::CacheRepo;
+use kiln::cli::{self, BuildArgs, Cli, Command, WarmArgs};
 use kiln::image::config::Platform;
 use kiln::registry::{self, RegistryOptions};
-use kiln::{logging, sandbox};
+use kiln::{cache, logging, sandbox};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -20,6 +21,38 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(cli::normalise_args(std::env::args().collect()));
     match cli.command {
         Command::Build(args) => run_build(*args, isolation),
+        Command::Warm(args) => run_warm(&args),
+    }
+}
+
+fn run_warm(args: &WarmArgs) -> ExitCode {
+    let level = match logging::parse_level(&args.verbosity) {
+        Ok(l) => l,
+        Err(e) => return fail(&e, 1),
+    };
+    logging::init(level, args.log_format, false);
+    let options = RegistryOptions {
+        insecure_registries: args.insecure_registries.clone(),
+        user_agent: format!("kiln/{}", env!("CARGO_PKG_VERSION")),
+        ..RegistryOptions::default()
+    };
+    let warmed = registry::Registry::new(options)
+        .map_err(anyhow::Error::from)
+        .and_then(|registry| {
+            let build_args = build::resolve_build_args(&args.build_args, |k| std::env::var(k).ok());
+            cache::base::warm(
+                &args.images,
+                args.dockerfile.as_deref(),
+                &build_args,
+                &args.custom_platform,
+                &args.cache_dir,
+                &registry,
+            )
+            .map_err(anyhow::Error::from)
+        });
+    match warmed {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&format!("error warming the cache: {e:#}"), 1),
     }
 }
 
@@ -79,6 +112,7 @@ fn build_options(args: &BuildArgs, isolation: Result<(), String>) -> anyhow::Res
         image_name_tag_with_digest_file: args.image_name_tag_with_digest_file.clone(),
         push_ignore_immutable_tag_errors: args.push_ignore_immutable_tag_errors,
         push_permission_check: !args.skip_push_permission_check,
+        cache: cache_options(args)?,
         reproducible: args
             .reproducible
             .then(|| cli::reproducible_epoch(std::env::var("SOURCE_DATE_EPOCH").ok().as_deref()))
@@ -102,6 +136,33 @@ fn build_options(args: &BuildArgs, isolation: Result<(), String>) -> anyhow::Res
         compression,
         oci_media_types: args.oci_media_types,
     })
+}
+
+/// `--cache` and its settings, with kaniko's rules.
+fn cache_options(args: &BuildArgs) -> anyhow::Result<Option<CacheOptions>> {
+    if !args.cache {
+        return Ok(None);
+    }
+    let repo = match (&args.cache_repo, args.destinations.first()) {
+        (Some(spec), _) => CacheRepo::parse(spec)?,
+        (None, _) if args.no_push => {
+            anyhow::bail!(
+                "--cache with --no-push needs --cache-repo (a repository or oci:/path), as in kaniko"
+            )
+        }
+        (None, Some(dest)) => CacheRepo::default_for(&registry::Reference::parse(dest)?),
+        (None, None) => {
+            anyhow::bail!("--cache needs --cache-repo or a --destination to derive it from")
+        }
+    };
+    Ok(Some(CacheOptions {
+        repo,
+        dir: args.cache_dir.clone(),
+        ttl: args.cache_ttl,
+        run_layers: args.cache_run_layers,
+        copy_layers: args.cache_copy_layers,
+        push: !args.no_push_cache,
+    }))
 }
 
 /// The registry settings of kaniko's transport and mirror flags.

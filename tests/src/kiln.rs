@@ -63,7 +63,7 @@ impl KilnOutput {
 
 /// Runs `kiln` with `args` and extra environment `envs`.
 ///
-/// Each run gets its own `--kaniko-dir` unless `args` names one, and an empty
+/// Each build gets its own `--kaniko-dir` unless `args` names one, and an empty
 /// `DOCKER_CONFIG` unless `envs` sets one, so runs never share state or pick
 /// up the machine's credentials.
 pub fn run_kiln<I, S>(args: I, envs: &[(&str, &OsStr)]) -> Result<KilnOutput>
@@ -78,9 +78,13 @@ where
     let mut cmd = Command::new(kiln_bin()?);
     cmd.args(&args).stdin(Stdio::null());
     let scratch = tempfile::Builder::new().prefix("kiln-run-").tempdir()?;
-    if !args
-        .iter()
-        .any(|arg| arg.to_string_lossy().starts_with("--kaniko-dir"))
+    // Only `kiln build` has a kiln directory (`kiln warm` writes only to
+    // its --cache-dir).
+    let is_build = args.first().is_some_and(|a| a == "build");
+    if is_build
+        && !args
+            .iter()
+            .any(|arg| arg.to_string_lossy().starts_with("--kaniko-dir"))
     {
         cmd.arg("--kaniko-dir").arg(scratch.path().join("kaniko"));
     }

@@ -2,6 +2,7 @@
 //! that claims its keyword, execute the effects it returns, snapshot each
 //! filesystem step into a layer, and write the image to its outputs.
 
+mod caching;
 pub(crate) mod fs;
 mod mounts;
 mod output;
@@ -9,6 +10,8 @@ mod plan;
 mod scope;
 mod stage;
 
+use crate::cache::base::BaseCache;
+use crate::cache::store::{CachePusher, CacheRepo, LayerCache};
 use crate::context::{self, ContextTree};
 use crate::dockerfile::{self, Instruction};
 use crate::image::config::Platform;
@@ -33,6 +36,23 @@ pub enum SecretSource {
     Env(String),
 }
 
+/// The layer and base-image cache settings of a build.
+#[derive(Clone, Debug)]
+pub struct CacheOptions {
+    /// `--cache-repo`, or the first destination's repository plus `/cache`.
+    pub repo: CacheRepo,
+    /// `--cache-dir`: the base-image cache.
+    pub dir: PathBuf,
+    /// `--cache-ttl`.
+    pub ttl: std::time::Duration,
+    /// `--cache-run-layers`.
+    pub run_layers: bool,
+    /// `--cache-copy-layers`.
+    pub copy_layers: bool,
+    /// False with `--no-push-cache`.
+    pub push: bool,
+}
+
 /// Everything `kiln build` needs to know.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -55,6 +75,8 @@ pub struct Options {
     pub push_permission_check: bool,
     /// `--reproducible`: timestamps clamped to this `SOURCE_DATE_EPOCH`.
     pub reproducible: Option<u64>,
+    /// `--cache` and its settings; none without `--cache`.
+    pub cache: Option<CacheOptions>,
     /// `--build-arg` values, already resolved.
     pub build_args: Vec<(String, String)>,
     pub labels: Vec<(String, String)>,
@@ -158,6 +180,8 @@ pub enum BuildError {
         "{keyword} needs an isolated root, but kiln cannot create mount namespaces here ({reason}); run as root or with CAP_SYS_ADMIN (container-root mode is not supported yet)"
     )]
     NoIsolation { keyword: String, reason: String },
+    #[error("cache: {0}")]
+    Cache(String),
     #[error("RUN --mount: {0}")]
     Mount(String),
     #[error("{0} is not supported yet by kiln")]
@@ -415,8 +439,29 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
             registry.check_push_permission(&dest)?;
         }
     }
+    let caching = match &opts.cache {
+        Some(c) => {
+            let layers = LayerCache::new(c.repo.clone(), registry.clone(), store.clone(), c.ttl);
+            let base = BaseCache::open(&c.dir).map_err(|e| BuildError::Cache(e.to_string()))?;
+            log::info!(
+                "Using layer cache {} and base-image cache {}",
+                c.repo,
+                c.dir.display()
+            );
+            Some(caching::Caching {
+                pusher: c.push.then(|| CachePusher::start(layers.clone())),
+                layers,
+                base,
+                ttl: c.ttl,
+                run_layers: c.run_layers,
+                copy_layers: c.copy_layers,
+            })
+        }
+        None => None,
+    };
     let http = ureq::Agent::new_with_defaults();
     let sctx = StageCtx {
+        cache: caching.as_ref(),
         http: &http,
         store: &store,
         registry: &registry,
@@ -547,7 +592,13 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
     }
     let mut final_stage = finished[target].take().expect("the target stage was built");
     final_stage.finish(opts);
-    output::write(&sctx, &final_stage)
+    let outcome = output::write(&sctx, &final_stage);
+    // Cache pushes ran alongside the build; they finish before kiln exits,
+    // and a failed one is only a warning.
+    if let Some(pusher) = caching.and_then(|c| c.pusher) {
+        pusher.finish();
+    }
+    outcome
 }
 
 /// Builds one stage: its base, the base image's ONBUILD triggers, then its

@@ -97,12 +97,16 @@ pub fn write(sctx: &StageCtx<'_>, stage: &Stage) -> Result<Outcome, BuildError> 
     let mut blobs: Vec<&Descriptor> = layers.iter().collect();
     blobs.push(&config_desc);
     let fetch = |d: &Digest| -> Result<(), RegistryError> {
-        match stage
-            .layers
-            .iter()
-            .find(|l| &l.desc.digest == d)
-            .and_then(|l| l.source.as_ref())
+        let Some(layer) = stage.layers.iter().find(|l| &l.desc.digest == d) else {
+            return Ok(());
+        };
+        // A base layer may already be in the base-image cache (offline builds).
+        if let Some(cache) = sctx.cache
+            && cache.base.import_blob(d, store).unwrap_or(false)
         {
+            return Ok(());
+        }
+        match &layer.source {
             Some(src) => sctx.registry.fetch_blob(src, d, store),
             None => Ok(()),
         }

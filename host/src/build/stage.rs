@@ -1,11 +1,14 @@
 //! One build stage: its base, config, layers and ARG scope, and the
 //! execution of the effects its instructions produce.
 
+use super::caching::{self, Caching};
 use super::fs::{self as imagefs, Copy, Owner};
 use super::mounts;
 use super::plan::{self, FromRef};
 use super::scope::Vars;
 use super::{BuildError, Options};
+use crate::cache::key::{self, Base, StepInput};
+use crate::cache::store::CachedStep;
 use crate::context::ContextTree;
 use crate::digest::Digest;
 use crate::dockerfile::Instruction;
@@ -26,6 +29,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// What every stage shares.
 pub struct StageCtx<'a> {
     pub store: &'a Store,
+    /// Layer and base-image caching, with `--cache`.
+    pub cache: Option<&'a Caching>,
     /// HTTP client for `ADD <url>`.
     pub http: &'a ureq::Agent,
     pub registry: &'a Registry,
@@ -48,6 +53,11 @@ pub struct Layer {
 pub struct Stage {
     /// Position in the Dockerfile.
     index: usize,
+    /// The cache key of everything so far: the base, then each step.
+    pub key: Digest,
+    /// When the newest content of the stage was made: the base image's
+    /// `created`, then each step that ran (or its cached original).
+    clock: String,
     pub config: ImageConfig,
     pub layers: Vec<Layer>,
     args: Vec<wit::Arg>,
@@ -200,23 +210,43 @@ impl Stage {
             })?,
             None => sctx.opts.platform.clone(),
         };
-        let blank = |config, layers| Stage {
+        let blank = |config: ImageConfig, layers, key| Stage {
             index,
+            key,
+            clock: sctx
+                .opts
+                .reproducible
+                .map_or_else(|| config.created().unwrap_or_else(|| rfc3339(0)), rfc3339),
             config,
             layers,
             args: Vec::new(),
             cmd_set: false,
             unpacked: false,
         };
+        let platform_text = platform.to_string();
         if let Some(prev) = base {
-            return Ok(blank(prev.config.clone(), prev.layers.clone()));
+            let mut stage = blank(prev.config.clone(), prev.layers.clone(), prev.key.clone());
+            stage.clock = prev.clock.clone();
+            return Ok(stage);
         }
         if s.image.eq_ignore_ascii_case("scratch") {
             log::info!("No base image, nothing to extract");
-            return Ok(blank(ImageConfig::scratch(&platform), Vec::new()));
+            let key = key::base_key(Base::Scratch {
+                platform: &platform_text,
+            });
+            return Ok(blank(ImageConfig::scratch(&platform), Vec::new(), key));
         }
-        let (config, layers) = pull(sctx, &s.image, &platform)?;
-        Ok(blank(config, layers))
+        let (config, layers, manifest) = resolve_image(sctx, &s.image, &platform)?;
+        let key = key::base_key(Base::Image {
+            manifest: &manifest,
+            platform: &platform_text,
+        });
+        Ok(blank(config, layers, key))
+    }
+
+    /// Position of the stage in the Dockerfile.
+    pub fn index(&self) -> usize {
+        self.index
     }
 
     /// Executes one instruction's effects and records its history entry.
@@ -227,6 +257,32 @@ impl Stage {
         outcome: wit::Outcome,
         others: &Others<'_>,
     ) -> Result<(), BuildError> {
+        // With --cache, a filesystem step is keyed by its inputs before it
+        // runs; a hit replaces running it, a miss is stored after it ran.
+        let caching = sctx
+            .cache
+            .filter(|_| outcome.effects.iter().any(caching::is_fs));
+        let mut store_key: Option<(Digest, bool)> = None;
+        if let Some(cache) = caching
+            && let Some(key) = caching::step_key(self, sctx, others, &outcome.effects)?
+        {
+            let allowed = cache.allows(&outcome.effects);
+            if allowed
+                && let Some(hit) = cache
+                    .layers
+                    .probe(&key)
+                    .map_err(|e| BuildError::Cache(e.to_string()))?
+            {
+                log::info!("Using caching version of cmd: {}", instr.original);
+                self.apply_cached(cache, instr, outcome, hit);
+                self.key = key;
+                return Ok(());
+            }
+            if allowed {
+                log::info!("No cached layer found for cmd {}", instr.original);
+            }
+            store_key = Some((key, allowed));
+        }
         let mut step: Option<Step> = None;
         for effect in outcome.effects {
             match effect {
@@ -305,28 +361,100 @@ impl Stage {
                 }
             }
         }
+        // A step that only changes the config is as old as the content it
+        // describes, so an identical rebuild gets an identical config.
+        let when = if step.is_some() {
+            created(sctx.opts)
+        } else {
+            self.clock.clone()
+        };
+        self.clock = when.clone();
         let history = History {
-            created: created(sctx.opts),
+            created: when,
             created_by: outcome.created_by.unwrap_or_else(|| instr.original.clone()),
             comment: None,
             empty_layer: true,
         };
-        match step {
-            None => self.config.add_history(history),
-            Some(step) => match self.snapshot(sctx, step)? {
-                Some(layer) => {
-                    self.config.add_layer(&layer.diff_id, history);
-                    self.layers.push(layer);
+        let Some(step) = step else {
+            self.config.add_history(history);
+            return Ok(());
+        };
+        let layer = self.snapshot(sctx, step)?;
+        if let Some(cache) = caching {
+            match store_key {
+                Some((key, store)) => {
+                    if let (true, Some(pusher)) = (store, &cache.pusher) {
+                        pusher.push(
+                            key.clone(),
+                            CachedStep {
+                                layer: layer.as_ref().map(|l| (l.desc.clone(), l.diff_id.clone())),
+                                created_by: history.created_by.clone(),
+                                created: history.created.clone(),
+                            },
+                        );
+                    }
+                    self.key = key;
                 }
                 None => {
-                    log::info!(
-                        "No files were changed, appending empty layer to config. No layer added to image."
-                    );
-                    self.config.add_history(history);
+                    let made = layer.as_ref().map(|l| &l.diff_id);
+                    self.key = key::step_key(&self.key, &StepInput::Executed { layer: made });
                 }
-            },
+            }
+        }
+        match layer {
+            Some(layer) => {
+                self.config.add_layer(&layer.diff_id, history);
+                self.layers.push(layer);
+            }
+            None => {
+                log::info!(
+                    "No files were changed, appending empty layer to config. No layer added to image."
+                );
+                self.config.add_history(history);
+            }
         }
         Ok(())
+    }
+
+    /// Takes a step from the cache: its config changes apply as usual,
+    /// its filesystem effects are replaced by the cached layer.
+    fn apply_cached(
+        &mut self,
+        cache: &Caching,
+        instr: &Instruction,
+        outcome: wit::Outcome,
+        hit: CachedStep,
+    ) {
+        for effect in outcome.effects {
+            match effect {
+                wit::Effect::Config(change) => self.apply_config(change),
+                wit::Effect::DeclareArg(a) => super::upsert_arg(&mut self.args, a),
+                _ => {}
+            }
+        }
+        let created_by = if hit.created_by.is_empty() {
+            instr.original.clone()
+        } else {
+            hit.created_by
+        };
+        self.clock = hit.created.clone();
+        let history = History {
+            created: hit.created,
+            created_by,
+            comment: None,
+            empty_layer: true,
+        };
+        match hit.layer {
+            Some((desc, diff_id)) => {
+                self.config.add_layer(&diff_id, history);
+                self.layers.push(Layer {
+                    desc,
+                    diff_id,
+                    source: cache.layers.layer_source(),
+                });
+            }
+            None => self.config.add_history(history),
+        }
     }
 
     fn apply_config(&mut self, change: wit::ConfigChange) {
@@ -445,7 +573,7 @@ impl Stage {
                 Some(stage) => stage.layers.clone(),
                 None => return Err(BuildError::Plan(plan::PlanError::UnknownStage(from.into()))),
             },
-            FromRef::Image(image) => pull(sctx, &image, &sctx.opts.platform)?.1,
+            FromRef::Image(image) => resolve_image(sctx, &image, &sctx.opts.platform)?.1,
         };
         ensure_extracted(sctx, &layers)?;
         open_step(sctx.store, &layers)
@@ -562,39 +690,64 @@ impl Stage {
         if !opts.labels.is_empty() {
             self.config.apply(&ConfigChange::Label(opts.labels.clone()));
         }
-        self.config.set_created(&created(opts));
+        self.config.set_created(&self.clock);
     }
 }
 
-/// Pulls an image's manifest and config; its layers are fetched lazily.
-fn pull(
+/// An image's config, layers and manifest digest: from the base-image
+/// cache when `--cache` finds it fresh there, else from its registry (and
+/// then saved in that cache). Layer blobs are fetched lazily.
+pub(super) fn resolve_image(
     sctx: &StageCtx<'_>,
     image: &str,
     platform: &Platform,
-) -> Result<(ImageConfig, Vec<Layer>), BuildError> {
+) -> Result<(ImageConfig, Vec<Layer>, Digest), BuildError> {
     let reference = Reference::parse(image).map_err(|e| BuildError::Reference {
         reference: image.to_owned(),
         message: e.to_string(),
     })?;
-    log::info!("Retrieving image manifest {image}");
-    let pulled = sctx
-        .registry
-        .pull_manifest(&reference, &platform.to_string())?;
-    log::info!(
-        "Retrieving image {reference} from registry {}",
-        reference.registry
-    );
-    let config = ImageConfig::parse(&pulled.config)?;
+    let platform_text = platform.to_string();
+    let cached = sctx
+        .cache
+        .and_then(|c| c.base.lookup(&reference, &platform_text, c.ttl));
+    let (manifest_digest, manifest, config_bytes) = match cached {
+        Some(hit) => {
+            log::info!("Found {image} in the base-image cache");
+            (hit.manifest_digest, hit.manifest, hit.config)
+        }
+        None => {
+            log::info!("Retrieving image manifest {image}");
+            let pulled = sctx.registry.pull_manifest(&reference, &platform_text)?;
+            log::info!(
+                "Retrieving image {reference} from registry {}",
+                reference.registry
+            );
+            if let Some(cache) = sctx.cache {
+                // Builds fill the base-image cache themselves, layers included.
+                for l in &pulled.manifest.layers {
+                    sctx.registry
+                        .fetch_blob(&reference, &l.digest, sctx.store)?;
+                }
+                if let Err(e) = cache
+                    .base
+                    .save(&reference, &platform_text, &pulled, sctx.store)
+                {
+                    log::warn!("Could not save {image} in the base-image cache: {e}");
+                }
+            }
+            (pulled.manifest_digest, pulled.manifest, pulled.config)
+        }
+    };
+    let config = ImageConfig::parse(&config_bytes)?;
     let diff_ids = config.diff_ids()?;
-    if diff_ids.len() != pulled.manifest.layers.len() {
+    if diff_ids.len() != manifest.layers.len() {
         return Err(BuildError::LayerCountMismatch {
             reference: reference.to_string(),
-            layers: pulled.manifest.layers.len(),
+            layers: manifest.layers.len(),
             diff_ids: diff_ids.len(),
         });
     }
-    let layers = pulled
-        .manifest
+    let layers = manifest
         .layers
         .iter()
         .zip(diff_ids)
@@ -604,7 +757,30 @@ fn pull(
             source: Some(reference.clone()),
         })
         .collect();
-    Ok((config, layers))
+    Ok((config, layers, manifest_digest))
+}
+
+/// Brings a layer's blob into the store: from the base-image cache if it
+/// has it, else from the layer's registry.
+pub(super) fn fetch_layer_blob(sctx: &StageCtx<'_>, layer: &Layer) -> Result<(), BuildError> {
+    if sctx.store.has_blob(&layer.desc.digest) {
+        return Ok(());
+    }
+    if let Some(cache) = sctx.cache
+        && cache
+            .base
+            .import_blob(&layer.desc.digest, sctx.store)
+            .map_err(|e| BuildError::Cache(e.to_string()))?
+    {
+        return Ok(());
+    }
+    let src = layer
+        .source
+        .as_ref()
+        .expect("layers built here are always in the store");
+    sctx.registry
+        .fetch_blob(src, &layer.desc.digest, sctx.store)?;
+    Ok(())
 }
 
 /// Makes sure every layer has an extracted directory in the store,
@@ -614,14 +790,7 @@ fn ensure_extracted(sctx: &StageCtx<'_>, layers: &[Layer]) -> Result<(), BuildEr
         if sctx.store.layer_dir(&layer.diff_id).is_dir() {
             continue;
         }
-        if !sctx.store.has_blob(&layer.desc.digest) {
-            let src = layer
-                .source
-                .as_ref()
-                .expect("layers built here are always in the store");
-            sctx.registry
-                .fetch_blob(src, &layer.desc.digest, sctx.store)?;
-        }
+        fetch_layer_blob(sctx, layer)?;
         let blob = sctx.store.open_blob(&layer.desc.digest)?;
         let tmp = sctx.store.temp_dir("unpack-")?;
         let opts = UnpackOptions {

@@ -414,6 +414,14 @@ impl ImageConfig {
         }
     }
 
+    /// The image's `created` time, as written.
+    pub fn created(&self) -> Option<String> {
+        self.root
+            .get("created")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    }
+
     /// Sets the image's `created` time.
     pub fn set_created(&mut self, created: &str) {
         self.root.insert("created".into(), json!(created));
