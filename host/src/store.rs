@@ -28,6 +28,20 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     }
 }
 
+/// Writes `bytes` to `path` through a temporary file in the same directory
+/// that is synced and renamed into place, so readers never see a partial
+/// file and a crash leaves the old one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(parent)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 /// The content store rooted at `<kiln dir>/store`.
 #[derive(Clone, Debug)]
 pub struct Store {

@@ -21,7 +21,7 @@ use crate::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -296,14 +296,7 @@ fn transfer(from: &Store, to: &Store, d: &Digest) -> Result<(), BaseCacheError> 
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BaseCacheError> {
-    let parent = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(parent)
-        .map_err(io_err(parent))?;
-    tmp.write_all(bytes).map_err(io_err(path))?;
-    tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
-    Ok(())
+    crate::store::write_atomic(path, bytes).map_err(io_err(path))
 }
 
 /// The images a Dockerfile's stages start from, each with the platform to

@@ -7,7 +7,7 @@ use crate::image::manifest::{ANNOTATION_REF_NAME, Descriptor, Index, OCI_INDEX};
 use crate::store::{Store, StoreError};
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// Layout writing failures.
@@ -172,15 +172,7 @@ fn copy_verified(
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
-    let parent = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(parent)
-        .map_err(io_err(parent))?;
-    tmp.write_all(bytes).map_err(io_err(path))?;
-    tmp.as_file().sync_all().map_err(io_err(path))?;
-    tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
-    Ok(())
+    crate::store::write_atomic(path, bytes).map_err(io_err(path))
 }
 
 #[cfg(test)]
