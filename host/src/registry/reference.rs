@@ -154,9 +154,6 @@ fn parse(s: &str) -> Result<Reference, ReferenceErrorKind> {
     {
         return Err(ReferenceErrorKind::BadTag(t.to_owned()));
     }
-    if name.len() > NAME_TOTAL_LENGTH_MAX {
-        return Err(ReferenceErrorKind::TooLong);
-    }
     if digest.is_none()
         && tag.is_none()
         && name.len() == 64
@@ -189,6 +186,17 @@ fn parse(s: &str) -> Result<Reference, ReferenceErrorKind> {
     } else {
         path.to_owned()
     };
+    // Docker limits the normalised name, with Docker Hub spelled `docker.io`, so
+    // `busybox` and `index.docker.io/library/busybox` are limited alike and the
+    // canonical form of every accepted reference is accepted too.
+    let domain = if registry == DOCKER_HUB {
+        "docker.io"
+    } else {
+        registry
+    };
+    if domain.len() + 1 + repository.len() > NAME_TOTAL_LENGTH_MAX {
+        return Err(ReferenceErrorKind::TooLong);
+    }
     let tag = match (tag, &digest) {
         (Some(t), _) => Some(t.to_owned()),
         (None, Some(_)) => None,
@@ -419,6 +427,26 @@ mod tests {
             let r = Reference::parse(s).unwrap();
             assert_eq!(Reference::parse(&r.to_string()).unwrap(), r);
         }
+    }
+
+    #[test]
+    fn name_length_is_measured_after_normalisation() {
+        // Found by the `reference` fuzz target: a 240-character short name was
+        // accepted, but its canonical form `index.docker.io/library/...` was not.
+        let longest = "a".repeat(255 - "docker.io/library/".len());
+        let r = Reference::parse(&longest).unwrap();
+        assert_eq!(r.repository, format!("library/{longest}"));
+        assert_eq!(Reference::parse(&r.to_string()).unwrap(), r);
+        assert_eq!(kind(&format!("{longest}a")), ReferenceErrorKind::TooLong);
+        assert_eq!(
+            kind(&format!("index.docker.io/library/{longest}a:v1")),
+            ReferenceErrorKind::TooLong
+        );
+        // The input is longer than 255, its normalised name is not.
+        assert!(Reference::parse(&format!("index.docker.io/library/{longest}")).is_ok());
+        let other = format!("x.io/{}", "b".repeat(250));
+        assert!(Reference::parse(&other).is_ok());
+        assert_eq!(kind(&format!("{other}b")), ReferenceErrorKind::TooLong);
     }
 
     #[test]
