@@ -12,8 +12,9 @@
 //!   owned by [`TAR_OWNER`]);
 //! - `expected.json`: exact expectations (see [`crate::check_expected`]).
 //!
-//! Placeholders such as `@BASE@` in the Dockerfile are replaced when the
-//! context is written, because registry ports change from run to run.
+//! Placeholders such as `@BASE@` (busybox) and `@DEBIAN@` (Debian bookworm)
+//! in the Dockerfile are replaced when the context is written, because
+//! registry ports change from run to run.
 
 use crate::buildah::BuildSpec;
 use crate::context::BuildContext;
@@ -31,6 +32,10 @@ pub const TAR_OWNER: (u64, u64) = (1234, 5678);
 
 /// A fixed mtime for generated tarball entries.
 const TAR_MTIME: u64 = 1_000_000_000;
+
+/// The starts of the placeholders a Dockerfile may use: a value must be
+/// given for each one that it does.
+const PLACEHOLDERS: &[&str] = &["@CASE:", "@BASE@", "@DEBIAN@"];
 
 /// Files of a case directory that describe the case and are not context.
 const CASE_FILES: &[&str] = &["case.json", "expected.json"];
@@ -153,6 +158,15 @@ impl Case {
         }
     }
 
+    /// Whether the Dockerfile uses `placeholder` (such as `@DEBIAN@`), so
+    /// that costly values are made only for the cases that need them.
+    pub fn mentions(&self, placeholder: &str) -> Result<bool> {
+        let path = self.dir.join("Dockerfile");
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(text.contains(placeholder))
+    }
+
     /// Writes the case's context into a fresh directory: its files with
     /// modes 0644/0755 (or those in `modes`), the generated empty
     /// directories and tarballs, and the Dockerfile with each
@@ -167,7 +181,7 @@ impl Case {
         for (placeholder, value) in substitutions {
             text = text.replace(placeholder, value);
         }
-        if let Some(start) = text.find("@CASE:").or_else(|| text.find("@BASE@")) {
+        if let Some(start) = PLACEHOLDERS.iter().filter_map(|p| text.find(p)).min() {
             let rest = &text[start..];
             bail!(
                 "{}: placeholder {} has no value",
@@ -328,6 +342,8 @@ mod tests {
         )?;
         let case = Case::load(&case_dir)?;
         assert_eq!(case.build_args, [("A".to_owned(), "1".to_owned())]);
+        assert!(case.mentions("@BASE@")?);
+        assert!(!case.mentions("@DEBIAN@")?);
         assert!(case.oracle);
 
         let context = case.context(&[("@BASE@".into(), "reg/base:1".into())])?;
@@ -365,6 +381,12 @@ mod tests {
     #[test]
     fn missing_placeholder_values_and_bad_options_fail() -> Result<()> {
         let dir = tempfile::tempdir()?;
+        fs::write(dir.path().join("Dockerfile"), "FROM @DEBIAN@\n")?;
+        let err = Case::load(dir.path())?
+            .context(&[("@BASE@".into(), "reg/base:1".into())])
+            .err()
+            .context("an unset @DEBIAN@ must fail")?;
+        assert!(format!("{err:#}").contains("@DEBIAN@"), "{err:#}");
         fs::write(dir.path().join("Dockerfile"), "FROM @CASE:parent@\n")?;
         let case = Case::load(dir.path())?;
         let err = case

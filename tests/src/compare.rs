@@ -45,6 +45,9 @@ pub struct Node {
     pub gid: u32,
     /// The other paths that are hard links to the same file, sorted.
     pub hardlinks: Vec<String>,
+    /// A regular file's `security.capability` xattr (its file
+    /// capabilities), hex-encoded.
+    pub capability: Option<String>,
 }
 
 impl fmt::Display for Node {
@@ -60,6 +63,9 @@ impl fmt::Display for Node {
         write!(f, " {:04o} {}:{}", self.mode, self.uid, self.gid)?;
         if !self.hardlinks.is_empty() {
             write!(f, " linked with {}", self.hardlinks.join(", "))?;
+        }
+        if let Some(capability) = &self.capability {
+            write!(f, " security.capability {capability}")?;
         }
         Ok(())
     }
@@ -143,7 +149,9 @@ fn walk(
 
 fn node(host_path: &Path, metadata: &fs::Metadata) -> Result<Node> {
     let file_type = metadata.file_type();
+    let mut capability = None;
     let kind = if file_type.is_file() {
+        capability = read_capability(host_path)?;
         let mut hasher = Sha256::new();
         let mut file = File::open(host_path)
             .with_context(|| format!("cannot open {}", host_path.display()))?;
@@ -179,7 +187,21 @@ fn node(host_path: &Path, metadata: &fs::Metadata) -> Result<Node> {
         uid: metadata.uid(),
         gid: metadata.gid(),
         hardlinks: Vec::new(),
+        capability,
     })
+}
+
+/// The hex-encoded `security.capability` xattr of the file at `path`, if
+/// it has one.
+fn read_capability(path: &Path) -> Result<Option<String>> {
+    // A v3 capability (with a root uid) is 24 bytes; twice that is ample.
+    let mut value = [0u8; 48];
+    match rustix::fs::lgetxattr(path, "security.capability", &mut value) {
+        Ok(len) => Ok(Some(hex::encode(&value[..len]))),
+        Err(rustix::io::Errno::NODATA | rustix::io::Errno::NOTSUP) => Ok(None),
+        Err(e) => Err(e)
+            .with_context(|| format!("cannot read the security.capability of {}", path.display())),
+    }
 }
 
 /// Paths that buildah's chroot isolation creates as mount points for RUN
@@ -273,6 +295,14 @@ fn describe_node_diff(left: &Node, right: &Node, (l, r): (&str, &str)) -> String
             "hard links: {l} [{}], {r} [{}]",
             left.hardlinks.join(", "),
             right.hardlinks.join(", ")
+        ));
+    }
+    if left.capability != right.capability {
+        let show = |capability: &Option<String>| capability.clone().unwrap_or("none".into());
+        parts.push(format!(
+            "security.capability: {l} {}, {r} {}",
+            show(&left.capability),
+            show(&right.capability)
         ));
     }
     parts.join("; ")
@@ -522,6 +552,38 @@ mod tests {
         assert!(
             diff[2].starts_with("/app/new: only in kiln (file 0 bytes"),
             "{diff:#?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn file_capabilities_are_read_and_compared() -> Result<()> {
+        let dir = sample()?;
+        let before = Tree::read(dir.path())?;
+        assert_eq!(before.get("/app/a").unwrap().capability, None);
+        // VFS_CAP_REVISION_2 with the effective flag, permitting cap_net_raw (13).
+        let net_raw = [
+            1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        rustix::fs::lsetxattr(
+            dir.path().join("app/a"),
+            "security.capability",
+            &net_raw,
+            rustix::fs::XattrFlags::empty(),
+        )
+        .context("setting file capabilities needs root, as the e2e tests do")?;
+        let after = Tree::read(dir.path())?;
+        let hex = "0100000200200000000000000000000000000000";
+        assert_eq!(
+            after.get("/app/a").unwrap().capability.as_deref(),
+            Some(hex)
+        );
+        let diff = diff_trees(&before, &after, ("buildah", "kiln"));
+        // /app/b is the same inode, so it carries the capability too.
+        assert_eq!(diff.len(), 2, "{diff:#?}");
+        assert_eq!(
+            diff[0],
+            format!("/app/a: security.capability: buildah none, kiln {hex}")
         );
         Ok(())
     }

@@ -8,16 +8,19 @@
 //!     "/out": {"type": "dir", "mode": "0755", "owner": "0:0"},
 //!     "/out/a": {"type": "file", "mode": "0644", "content": "a\n"},
 //!     "/out/b": {"type": "file", "hardlinks": ["/out/a"]},
-//!     "/out/l": {"type": "symlink", "target": "a"}
+//!     "/out/l": {"type": "symlink", "target": "a"},
+//!     "/out/ping": {"capability": "0100000200200000000000000000000000000000"}
 //!   },
 //!   "absent": ["/cache"],
 //!   "exact_under": ["/out"],
 //!   "config": {"Env": ["PATH=/bin", "A=1"]}
 //! }
 //! ```
-//! Only the keys given are checked; `exact_under` also fails on any path
-//! below that directory that `paths` does not list; each `config` field is
-//! compared after the same normalisation as the oracle comparison.
+//! Only the keys given are checked (`capability` is the hex of the
+//! `security.capability` xattr, `null` for none); `exact_under` also fails
+//! on any path below that directory that `paths` does not list; each
+//! `config` field is compared after the same normalisation as the oracle
+//! comparison.
 
 use crate::compare::{ImageView, NodeKind, config_view};
 use anyhow::{Context, Result, bail};
@@ -162,6 +165,19 @@ fn check_path(
                     fail(format!(
                         "should be hard-linked with [{}]",
                         wanted.join(", ")
+                    ));
+                }
+            }
+            "capability" => {
+                let wanted = match value {
+                    Value::Null => None,
+                    Value::String(hex) => Some(hex.to_ascii_lowercase()),
+                    _ => bail!("`capability` must be a hex string or null"),
+                };
+                if wanted != node.capability {
+                    fail(format!(
+                        "security.capability should be {}",
+                        wanted.as_deref().unwrap_or("absent")
                     ));
                 }
             }

@@ -22,10 +22,12 @@ const WORKERS: usize = 3;
 /// The minimum number of cases issue 3 asks for.
 const MIN_CASES: usize = 30;
 
-/// What every case needs: the registry, the base image and the file server.
+/// What every case needs: the registry, the base images and the file server.
 struct Services {
     registry: Registry,
     base: String,
+    /// The Debian base image, made only when a selected case uses it.
+    debian: Option<String>,
     server: FileServer,
 }
 
@@ -38,6 +40,9 @@ impl Services {
             ("@HTTP@".to_owned(), self.server.url()),
             ("@REGISTRY@".to_owned(), self.registry.addr()),
         ];
+        if let Some(debian) = &self.debian {
+            subs.push(("@DEBIAN@".to_owned(), debian.clone()));
+        }
         for need in &case.needs {
             subs.push((
                 format!("@CASE:{need}@"),
@@ -65,14 +70,32 @@ fn dockerfile_cases() -> Result<()> {
         cases_dir.display()
     );
     let selected = select(&all, env::var("KILN_CASES").ok().as_deref())?;
-    let phases = phases(&selected)?;
+    let mut uses_debian = BTreeSet::new();
+    for case in &selected {
+        if case.mentions("@DEBIAN@")? {
+            uses_debian.insert(case.name.clone());
+        }
+    }
+    let mut phases = phases(&selected)?;
+    for phase in &mut phases {
+        // They are the slowest (apt-get from the mirror): starting them
+        // first keeps them from being the last ones running.
+        phase.sort_by_key(|case| !uses_debian.contains(&case.name));
+    }
 
     let registry = Registry::start()?;
     let base = BaseImage::busybox()?.push(&registry, "library/busybox:latest")?;
+    let debian = if uses_debian.is_empty() {
+        None
+    } else {
+        let cache = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        Some(BaseImage::debian(cache)?.push(&registry, "library/debian:bookworm")?)
+    };
     let server = FileServer::start(&cases_dir)?;
     let services = Services {
         registry,
         base,
+        debian,
         server,
     };
 

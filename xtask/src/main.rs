@@ -1,9 +1,9 @@
 //! `cargo xtask`: project chores that need more than cargo.
 //!
 //! `cargo xtask test [-- CARGO TEST ARGS]` installs the tools the end-to-end
-//! tests drive (registry, busybox, skopeo, umoci, htpasswd, buildah), builds
-//! kiln and its plugins, and runs every test of the workspace against that
-//! binary.
+//! tests drive (registry, busybox, skopeo, umoci, htpasswd, buildah,
+//! debootstrap), builds kiln and its plugins, and runs every test of the
+//! workspace against that binary.
 
 use anyhow::{Context, Result, bail};
 use std::env;
@@ -19,6 +19,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("umoci", "image packaging and flattening"),
     ("apache2-utils", "htpasswd for the basic-auth registry"),
     ("buildah", "the oracle for the Dockerfile cases"),
+    ("debootstrap", "the Debian base image of the test cases"),
 ];
 
 /// The Rust target plugins are compiled for.
