@@ -637,12 +637,7 @@ impl Stage {
             return self.layer_from(sctx, step.upper);
         };
         mount.unmount()?;
-        let lower_dirs: Vec<PathBuf> = self
-            .layers
-            .iter()
-            .rev()
-            .map(|l| store.layer_dir(&l.diff_id))
-            .collect();
+        let lower_dirs = lower_dirs(store, &self.layers);
         let lowers: Vec<&std::path::Path> = lower_dirs.iter().map(PathBuf::as_path).collect();
         prune_unchanged_dirs(step.upper.path(), &lowers)?;
         self.layer_from(sctx, step.upper)
@@ -796,11 +791,7 @@ fn ensure_extracted(sctx: &StageCtx<'_>, layers: &[Layer]) -> Result<(), BuildEr
         let opts = UnpackOptions {
             whiteouts: Whiteouts::Overlay,
             preserve_owners: true,
-            lowers: layers[..i]
-                .iter()
-                .rev()
-                .map(|l| sctx.store.layer_dir(&l.diff_id))
-                .collect(),
+            lowers: lower_dirs(sctx.store, &layers[..i]),
         };
         unpack(
             std::io::BufReader::with_capacity(1 << 20, blob),
@@ -810,6 +801,16 @@ fn ensure_extracted(sctx: &StageCtx<'_>, layers: &[Layer]) -> Result<(), BuildEr
         sctx.store.commit_layer_dir(tmp, &layer.diff_id)?;
     }
     Ok(())
+}
+
+/// The extracted directories of `layers` (bottom first), topmost first as
+/// overlayfs stacks lower dirs.
+fn lower_dirs(store: &Store, layers: &[Layer]) -> Vec<PathBuf> {
+    layers
+        .iter()
+        .rev()
+        .map(|l| store.layer_dir(&l.diff_id))
+        .collect()
 }
 
 /// Mounts an overlay of `layers` (bottom first) with a fresh upper dir.
@@ -824,11 +825,7 @@ fn open_step(store: &Store, layers: &[Layer]) -> Result<Step, BuildError> {
             source,
         },
     )?;
-    let lower_dirs: Vec<PathBuf> = layers
-        .iter()
-        .rev()
-        .map(|l| store.layer_dir(&l.diff_id))
-        .collect();
+    let lower_dirs = lower_dirs(store, layers);
     let lowers: Vec<&std::path::Path> = lower_dirs.iter().map(PathBuf::as_path).collect();
     let mount = sandbox::overlay::mount_overlay(&lowers, upper.path(), work.path(), merged.path())?;
     Ok(Step {
