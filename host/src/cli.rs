@@ -27,6 +27,8 @@ pub enum Command {
     Build(Box<BuildArgs>),
     /// Fill the base-image cache (kaniko's warmer).
     Warm(WarmArgs),
+    /// Shrink the store to its size limit, least recently used first.
+    Gc(GcArgs),
 }
 
 /// Flags of `kiln warm`, kaniko's warmer.
@@ -50,6 +52,26 @@ pub struct WarmArgs {
     /// Registry reached over plain HTTP (repeatable).
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+    /// Log level: trace, debug, info, warn, error, fatal, panic.
+    #[arg(short = 'v', long, default_value = "info")]
+    pub verbosity: String,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "color")]
+    pub log_format: Format,
+}
+
+/// Flags of `kiln gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// kiln's working directory, whose store is collected.
+    #[arg(long, env = "KANIKO_DIR")]
+    pub kaniko_dir: Option<PathBuf>,
+    /// Size to shrink the store to, such as 10GiB or 500MB (default: the automatic limit).
+    #[arg(long, env = "KILN_STORE_MAX_SIZE", value_parser = crate::store::gc::parse_size)]
+    pub max_size: Option<u64>,
+    /// Report what would be removed, and remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Log level: trace, debug, info, warn, error, fatal, panic.
     #[arg(short = 'v', long, default_value = "info")]
     pub verbosity: String,
@@ -179,6 +201,9 @@ pub struct BuildArgs {
     /// kiln's working directory: store, precompiled plugins, scratch space.
     #[arg(long, env = "KANIKO_DIR")]
     pub kaniko_dir: Option<PathBuf>,
+    /// Store size kept by a gc after the build, such as 20GiB (default: a tenth of its filesystem, at most 20 GiB).
+    #[arg(long, env = "KILN_STORE_MAX_SIZE", value_parser = crate::store::gc::parse_size)]
+    pub store_max_size: Option<u64>,
     /// Log level: trace, debug, info, warn, error, fatal, panic.
     #[arg(short = 'v', long, default_value = "info")]
     pub verbosity: String,
@@ -206,8 +231,37 @@ pub struct BuildArgs {
     /// Build only the stages the target needs (always the case; kept for kaniko).
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = true, default_missing_value = "true")]
     pub skip_unused_stages: bool,
+    /// Container-root snapshots: what decides that a file changed (full, redo, time).
+    #[arg(long, value_enum, default_value = "full")]
+    pub snapshot_mode: SnapshotModeArg,
+    /// Container-root snapshots of RUN: only what the command touched after it started.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
+    pub use_new_run: bool,
+    /// One layer per stage, taken when the stage ends.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
+    pub single_snapshot: bool,
+    /// A path container-root mode never unpacks, wipes or snapshots (repeatable).
+    #[arg(long = "ignore-path")]
+    pub ignore_paths: Vec<PathBuf>,
+    /// Leave /var/run out of container-root snapshots.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = true, default_missing_value = "true")]
+    pub ignore_var_run: bool,
+    /// Wipe the container root after the build.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
+    pub cleanup: bool,
+    /// Build on / outside a container when no isolation is possible (replaces this machine's files).
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
+    pub force: bool,
     #[command(flatten)]
     pub not_yet: NotYet,
+}
+
+/// The values of `--snapshot-mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SnapshotModeArg {
+    Full,
+    Redo,
+    Time,
 }
 
 /// kaniko flags kiln does not implement yet; each one, when given, fails
@@ -219,20 +273,6 @@ pub struct NotYet {
     #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     compressed_caching: Option<String>,
     #[arg(long, hide = true)]
-    snapshot_mode: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    single_snapshot: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    use_new_run: Option<String>,
-    #[arg(long, hide = true)]
-    ignore_path: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    ignore_var_run: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    cleanup: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    force: Option<String>,
-    #[arg(long, hide = true)]
     image_fs_extract_retry: Option<String>,
     #[arg(long, hide = true)]
     git: Option<String>,
@@ -243,16 +283,9 @@ pub struct NotYet {
 impl NotYet {
     /// The first unimplemented flag the user gave, as `--name`.
     pub fn first_given(&self) -> Option<&'static str> {
-        let flags: [(&'static str, bool); 12] = [
+        let flags: [(&'static str, bool); 5] = [
             ("--context-sub-path", self.context_sub_path.is_some()),
             ("--compressed-caching", self.compressed_caching.is_some()),
-            ("--snapshot-mode", self.snapshot_mode.is_some()),
-            ("--single-snapshot", self.single_snapshot.is_some()),
-            ("--use-new-run", self.use_new_run.is_some()),
-            ("--ignore-path", self.ignore_path.is_some()),
-            ("--ignore-var-run", self.ignore_var_run.is_some()),
-            ("--cleanup", self.cleanup.is_some()),
-            ("--force", self.force.is_some()),
             (
                 "--image-fs-extract-retry",
                 self.image_fs_extract_retry.is_some(),
@@ -444,7 +477,7 @@ mod tests {
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Build(b) => *b,
-            Command::Warm(_) => unreachable!("parsed as build"),
+            Command::Warm(_) | Command::Gc(_) => unreachable!("parsed as build"),
         }
     }
 
@@ -473,13 +506,32 @@ mod tests {
             Some("--compressed-caching")
         );
         assert_eq!(
-            parse(&["--snapshot-mode", "full"]).not_yet.first_given(),
-            Some("--snapshot-mode")
+            parse(&["--context-sub-path", "sub"]).not_yet.first_given(),
+            Some("--context-sub-path")
         );
-        assert_eq!(
-            parse(&["--use-new-run"]).not_yet.first_given(),
-            Some("--use-new-run")
-        );
+        assert_eq!(parse(&["--use-new-run"]).not_yet.first_given(), None);
+    }
+
+    #[test]
+    fn snapshot_flags_take_kanikos_forms() {
+        let b = parse(&[
+            "--snapshot-mode=redo",
+            "--use-new-run",
+            "--single-snapshot",
+            "--ignore-path=/a",
+            "--ignore-path",
+            "/b",
+            "--ignore-var-run=false",
+            "--cleanup",
+            "--force",
+        ]);
+        assert_eq!(b.snapshot_mode, SnapshotModeArg::Redo);
+        assert!(b.use_new_run && b.single_snapshot && b.cleanup && b.force);
+        assert!(!b.ignore_var_run);
+        assert_eq!(b.ignore_paths, [PathBuf::from("/a"), PathBuf::from("/b")]);
+        let d = parse(&[]);
+        assert_eq!(d.snapshot_mode, SnapshotModeArg::Full);
+        assert!(d.ignore_var_run && !d.use_new_run && !d.force);
     }
 
     #[test]
@@ -635,8 +687,35 @@ mod tests {
                 assert_eq!(w.images, vec!["a:1", "b:2"]);
                 assert_eq!(w.cache_dir, PathBuf::from("/c"));
             }
-            Command::Build(_) => panic!("parsed as build"),
+            Command::Build(_) | Command::Gc(_) => panic!("parsed as build"),
         }
+    }
+
+    #[test]
+    fn gc_and_build_take_store_sizes() {
+        let cli = Cli::try_parse_from([
+            "kiln",
+            "gc",
+            "--kaniko-dir",
+            "/k",
+            "--max-size",
+            "1.5GiB",
+            "--dry-run",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Gc(g) => {
+                assert_eq!(g.kaniko_dir, Some(PathBuf::from("/k")));
+                assert_eq!(g.max_size, Some(3 << 29));
+                assert!(g.dry_run);
+            }
+            Command::Build(_) | Command::Warm(_) => panic!("parsed as gc"),
+        }
+        assert_eq!(
+            parse(&["--store-max-size=500MB"]).store_max_size,
+            Some(500_000_000)
+        );
+        assert!(Cli::try_parse_from(["kiln", "gc", "--max-size", "lots"]).is_err());
     }
 
     #[test]

@@ -138,6 +138,7 @@ pub fn open(
                 whiteouts: Whiteouts::Reject,
                 preserve_owners: false,
                 lowers: Vec::new(),
+                exclude: Default::default(),
             };
             unpack(stream, tmp.path(), &opts).map_err(|e| ContextError::Unpack {
                 url: url.clone(),

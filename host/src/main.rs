@@ -1,12 +1,14 @@
 //! The `kiln` binary: the command line's edge, where errors become exit codes.
 
 use clap::Parser;
+use kiln::build::container_root::ContainerRootOptions;
 use kiln::build::{self, BuildError, CacheOptions, Options};
 use kiln::cache::store::CacheRepo;
-use kiln::cli::{self, BuildArgs, Cli, Command, WarmArgs};
+use kiln::cli::{self, BuildArgs, Cli, Command, GcArgs, WarmArgs};
 use kiln::image::config::Platform;
 use kiln::registry::{self, RegistryOptions};
-use kiln::{cache, logging, sandbox};
+use kiln::snapshot::scan::SnapshotMode;
+use kiln::{cache, logging, sandbox, store};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -22,6 +24,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Build(args) => run_build(*args, isolation),
         Command::Warm(args) => run_warm(&args),
+        Command::Gc(args) => run_gc(&args),
     }
 }
 
@@ -53,6 +56,29 @@ fn run_warm(args: &WarmArgs) -> ExitCode {
     match warmed {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&format!("error warming the cache: {e:#}"), 1),
+    }
+}
+
+fn run_gc(args: &GcArgs) -> ExitCode {
+    let level = match logging::parse_level(&args.verbosity) {
+        Ok(l) => l,
+        Err(e) => return fail(&e, 1),
+    };
+    logging::init(level, args.log_format, false);
+    let kiln_dir = args
+        .kaniko_dir
+        .clone()
+        .unwrap_or_else(build::default_kiln_dir);
+    let max_size = args
+        .max_size
+        .unwrap_or_else(|| store::gc::default_max_size(&kiln_dir));
+    let opts = store::gc::GcOptions::new(max_size, args.dry_run);
+    match store::gc::collect(&kiln_dir, &opts) {
+        Ok(report) => {
+            log::info!("{}", report.summary());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("error collecting the store: {e}"), 1),
     }
 }
 
@@ -129,13 +155,59 @@ fn build_options(args: &BuildArgs, isolation: Result<(), String>) -> anyhow::Res
             .kaniko_dir
             .clone()
             .unwrap_or_else(build::default_kiln_dir),
+        store_max_size: args.store_max_size,
         init_exe,
+        container_root: container_root(args, &isolation)?,
         isolation,
+        single_snapshot: args.single_snapshot,
+        cleanup: args.cleanup,
         secrets,
         ssh,
         compression,
         oci_media_types: args.oci_media_types,
     })
+}
+
+/// Container-root mode's settings, when kiln has no isolation but may build
+/// on its own root: inside a container, or with `--force`.
+fn container_root(
+    args: &BuildArgs,
+    isolation: &Result<(), String>,
+) -> anyhow::Result<Option<ContainerRootOptions>> {
+    if args.single_snapshot && args.cache {
+        anyhow::bail!(
+            "--single-snapshot makes one layer per stage, which the per-step layer cache (--cache) cannot key; use one of them"
+        );
+    }
+    if isolation.is_ok() {
+        let tuned = args.snapshot_mode != cli::SnapshotModeArg::Full
+            || args.use_new_run
+            || !args.ignore_paths.is_empty()
+            || !args.ignore_var_run;
+        if tuned {
+            log::info!(
+                "--snapshot-mode, --use-new-run and the ignore flags steer container-root snapshots; \
+                 this build is isolated, where each step's layer is exactly what it wrote"
+            );
+        }
+        return Ok(None);
+    }
+    let reason = match (sandbox::detect_container(), args.force) {
+        (Some(evidence), _) => format!("inside a container: {evidence}"),
+        (None, true) => "--force".to_owned(),
+        (None, false) => return Ok(None),
+    };
+    Ok(Some(ContainerRootOptions {
+        reason,
+        mode: match args.snapshot_mode {
+            cli::SnapshotModeArg::Full => SnapshotMode::Full,
+            cli::SnapshotModeArg::Redo => SnapshotMode::Redo,
+            cli::SnapshotModeArg::Time => SnapshotMode::Time,
+        },
+        use_new_run: args.use_new_run,
+        ignore_paths: args.ignore_paths.clone(),
+        ignore_var_run: args.ignore_var_run,
+    }))
 }
 
 /// `--cache` and its settings, with kaniko's rules.

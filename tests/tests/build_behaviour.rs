@@ -137,28 +137,104 @@ fn only_the_stages_the_target_needs_are_built() -> Result<()> {
     Ok(())
 }
 
+/// libfaketime, which makes kiln's clock read a given date.
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// Sets the mtime of every file in `paths` under `context` to `secs`.
+fn set_mtimes(context: &BuildContext, paths: &[&str], secs: u64) -> Result<()> {
+    for p in paths {
+        let file = std::fs::File::options()
+            .write(true)
+            .open(context.path().join(p))?;
+        file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))?;
+    }
+    Ok(())
+}
+
 #[test]
-fn reproducible_builds_give_the_same_digest() -> Result<()> {
+fn reproducible_builds_give_the_same_digest_on_other_days_and_mtimes() -> Result<()> {
     let registry = Registry::start()?;
     let base = BaseImage::busybox()?.push(&registry, "library/busybox:latest")?;
     let context = BuildContext::with_dockerfile(&format!(
         "FROM {base}\nCOPY app.txt /app/\nRUN mkdir -p /data && echo fixed > /data/when && echo x > /data/x\nENV A=1\n"
     ))?;
     context.write("app.txt", "app\n")?;
-    let mut digests = Vec::new();
-    for tag in ["repro:1", "repro:2"] {
-        let out = build(&context, &registry, tag, &["--reproducible"])?;
-        out.ensure_success()?;
-        digests.push(registry.image(tag).digest()?);
-        // The files' mtimes must differ between the runs for the test to mean anything.
-        std::thread::sleep(std::time::Duration::from_millis(1100));
-    }
-    assert_eq!(digests[0], digests[1]);
+    let faked = |when: &str| {
+        vec![
+            ("LD_PRELOAD", std::ffi::OsString::from(FAKETIME_LIB)),
+            ("FAKETIME", std::ffi::OsString::from(format!("@{when}"))),
+        ]
+    };
+    let run = |tag: &str, extra: &[&str], when: &str| -> Result<kiln_e2e::KilnOutput> {
+        let env = faked(when);
+        let env: Vec<(&str, &std::ffi::OsStr)> =
+            env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
+        let mut args = vec![
+            "build".to_owned(),
+            "--context".to_owned(),
+            context.path().display().to_string(),
+            "--destination".to_owned(),
+            registry.reference(tag),
+            "--insecure-registry".to_owned(),
+            registry.addr(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        run_kiln(args, &env)
+    };
+    // Two builds on different (faked) days, from contexts with different mtimes.
+    set_mtimes(&context, &["app.txt", "Dockerfile"], 1_000_000_000)?;
+    run("repro:1", &["--reproducible"], "2027-01-01 08:00:00")?.ensure_success()?;
+    set_mtimes(&context, &["app.txt", "Dockerfile"], 1_700_000_000)?;
+    run("repro:2", &["--reproducible"], "2027-03-09 17:30:00")?.ensure_success()?;
+    let digest = registry.image("repro:1").digest()?;
+    assert_eq!(registry.image("repro:2").digest()?, digest);
     let config = registry.image("repro:1").config()?;
     assert_eq!(config["created"], "1970-01-01T00:00:00Z");
 
-    let plain = build(&context, &registry, "plain:1", &[])?;
-    plain.ensure_success()?;
-    assert_ne!(registry.image("plain:1").digest()?, digests[0]);
+    // The fake clock is real to kiln: without --reproducible the date shows.
+    run("plain:1", &[], "2027-01-01 08:00:00")?.ensure_success()?;
+    let plain = registry.image("plain:1").config()?;
+    let created = plain["created"].as_str().unwrap_or_default().to_owned();
+    assert!(created.starts_with("2027-01-01"), "created {created}");
+    assert_ne!(registry.image("plain:1").digest()?, digest);
+    Ok(())
+}
+
+#[test]
+fn single_snapshot_makes_one_layer_per_stage_with_every_change() -> Result<()> {
+    let registry = Registry::start()?;
+    let base = BaseImage::busybox()?.push(&registry, "library/busybox:latest")?;
+    let context = BuildContext::with_dockerfile(&format!(
+        "FROM {base}\n\
+         RUN mkdir /data && echo one > /data/a && echo gone > /data/b\n\
+         COPY app.txt /app/\n\
+         RUN rm /data/b && echo two >> /data/a && rm /bin/cat\n\
+         ENV A=1\n"
+    ))?;
+    context.write("app.txt", "app\n")?;
+    build(&context, &registry, "single:1", &["--single-snapshot"])?.ensure_success()?;
+    let image = registry.image("single:1");
+    let base_layers = registry.image("library/busybox:latest").layer_count()?;
+    assert_eq!(image.layer_count()?, base_layers + 1);
+    let names: Vec<String> = image
+        .layer_entries(base_layers)?
+        .into_iter()
+        .map(|e| e.path)
+        .collect();
+    assert!(names.contains(&"bin/.wh.cat".to_owned()), "{names:?}");
+    assert!(!names.iter().any(|n| n.contains(".wh.b")), "{names:?}");
+    let fs = image.flatten()?;
+    assert_eq!(fs.read("data/a")?, "one\ntwo\n");
+    assert!(!fs.exists("data/b"));
+    assert!(!fs.exists("bin/cat"));
+    assert_eq!(fs.read("app/app.txt")?, "app\n");
+    let config = image.config()?;
+    let history = config["history"].as_array().cloned().unwrap_or_default();
+    let with_layers = history
+        .iter()
+        .filter(|h| h["empty_layer"].as_bool() != Some(true))
+        .count();
+    let diff_ids = config["rootfs"]["diff_ids"].as_array().map_or(0, Vec::len);
+    assert_eq!((diff_ids, with_layers), (base_layers + 1, base_layers + 1));
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! filesystem step into a layer, and write the image to its outputs.
 
 mod caching;
+pub mod container_root;
 pub(crate) mod fs;
 mod mounts;
 mod output;
@@ -19,6 +20,7 @@ use crate::layer::Compression;
 use crate::plugin::{self, Kind, Limits, Plugin, Runtime, wit};
 use crate::registry::{Registry, RegistryOptions};
 use crate::store::Store;
+use container_root::{ContainerRoot, ContainerRootOptions};
 use stage::{Stage, StageCtx};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -86,11 +88,21 @@ pub struct Options {
     pub registry: RegistryOptions,
     pub plugins: Vec<PathBuf>,
     pub kiln_dir: PathBuf,
+    /// `--store-max-size`: the store's size after the build's gc; none for
+    /// the automatic limit.
+    pub store_max_size: Option<u64>,
     /// The kiln executable, re-run as the RUN sandbox's helper.
     pub init_exe: PathBuf,
     /// Whether kiln got a private mount namespace, where steps can mount
     /// their overlays; the reason when it did not.
     pub isolation: Result<(), String>,
+    /// Container-root mode, when there is no isolation but kiln may build
+    /// on its own root (inside a container, or with `--force`).
+    pub container_root: Option<ContainerRootOptions>,
+    /// `--single-snapshot`: one layer per stage, taken at its end.
+    pub single_snapshot: bool,
+    /// `--cleanup`: wipe the container root after the build.
+    pub cleanup: bool,
     /// `--secret` ids and where their values come from.
     pub secrets: Vec<(String, SecretSource)>,
     /// `--ssh` ids and their agent sockets.
@@ -177,7 +189,7 @@ pub enum BuildError {
     #[error(transparent)]
     Fs(#[from] FsError),
     #[error(
-        "{keyword} needs an isolated root, but kiln cannot create mount namespaces here ({reason}); run as root or with CAP_SYS_ADMIN (container-root mode is not supported yet)"
+        "{keyword} needs a root filesystem, but kiln cannot create mount namespaces here ({reason}); run as root or with CAP_SYS_ADMIN, or inside a container, where kiln builds on its own root (container-root mode); outside a container, --force lets kiln unpack the image onto / of this machine, replacing its files"
     )]
     NoIsolation { keyword: String, reason: String },
     #[error("cache: {0}")]
@@ -460,7 +472,21 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
         None => None,
     };
     let http = ureq::Agent::new_with_defaults();
+    let container_root = match (&opts.isolation, &opts.container_root) {
+        (Err(_), Some(cr)) => {
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            let own = container_root::own_paths(opts, Some(ctx.root()));
+            let exclude = container_root::exclusions(cr, &mountinfo, &own);
+            log::info!(
+                "Building in container-root mode ({}): steps run on / itself",
+                cr.reason
+            );
+            Some(ContainerRoot::new(PathBuf::from("/"), exclude, cr))
+        }
+        _ => None,
+    };
     let sctx = StageCtx {
+        container_root: container_root.as_ref(),
         cache: caching.as_ref(),
         http: &http,
         store: &store,
@@ -554,23 +580,39 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
             stages: &finished,
             names: &names,
         };
-        let built: Vec<Result<Stage, BuildError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = wave
-                .iter()
+        // Container-root mode has one root: its stages take turns.
+        let built: Vec<Result<Stage, BuildError>> = if container_root.is_some() {
+            wave.iter()
                 .map(|&i| {
-                    let (frontend, sctx, others, global_args) =
-                        (&frontend, &sctx, &others, &global_args);
-                    let (plan, start) = (&plans[i], &starts[i]);
-                    scope.spawn(move || {
-                        build_stage(frontend, sctx, plan, start, others, global_args)
-                    })
+                    build_stage(
+                        &frontend,
+                        &sctx,
+                        &plans[i],
+                        &starts[i],
+                        &others,
+                        &global_args,
+                    )
                 })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
                 .collect()
-        });
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = wave
+                    .iter()
+                    .map(|&i| {
+                        let (frontend, sctx, others, global_args) =
+                            (&frontend, &sctx, &others, &global_args);
+                        let (plan, start) = (&plans[i], &starts[i]);
+                        scope.spawn(move || {
+                            build_stage(frontend, sctx, plan, start, others, global_args)
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect()
+            })
+        };
         for (&i, result) in wave.iter().zip(built) {
             let stage = result?;
             stage_declared.extend(stage.declared_args());
@@ -593,11 +635,22 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
     let mut final_stage = finished[target].take().expect("the target stage was built");
     final_stage.finish(opts);
     let outcome = output::write(&sctx, &final_stage);
+    if opts.cleanup {
+        match &container_root {
+            Some(root) => {
+                log::info!("Cleaning the filesystem: --cleanup");
+                root.clean()?;
+            }
+            None => log::info!("--cleanup: nothing to clean, isolated mode leaves / untouched"),
+        }
+    }
     // Cache pushes ran alongside the build; they finish before kiln exits,
     // and a failed one is only a warning.
     if let Some(pusher) = caching.and_then(|c| c.pusher) {
         pusher.finish();
     }
+    // While `store` is open, this build's registration keeps what it used.
+    crate::store::gc::after_build(&opts.kiln_dir, opts.store_max_size);
     outcome
 }
 
@@ -653,6 +706,7 @@ fn build_stage(
             .execute(sctx, instr, outcome, others)
             .map_err(|e| at(instr, e))?;
     }
+    stage.close(sctx).map_err(|e| at(plan.from, e))?;
     Ok(stage)
 }
 

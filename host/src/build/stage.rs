@@ -2,6 +2,7 @@
 //! execution of the effects its instructions produce.
 
 use super::caching::{self, Caching};
+use super::container_root::ContainerRoot;
 use super::fs::{self as imagefs, Copy, Owner};
 use super::mounts;
 use super::plan::{self, FromRef};
@@ -15,10 +16,11 @@ use crate::dockerfile::Instruction;
 use crate::image::config::{ConfigChange, Healthcheck, History, ImageConfig, Platform, rfc3339};
 use crate::image::manifest::Descriptor;
 use crate::layer::apply::{UnpackOptions, Whiteouts, unpack};
-use crate::layer::write::WriteOptions;
+use crate::layer::write::{LayerBlob, WriteOptions};
 use crate::plugin::wit;
 use crate::registry::{Reference, Registry};
-use crate::sandbox::{self, Capabilities, Network, RunSpec, overlay::OverlayMount};
+use crate::sandbox::{self, Capabilities, DirectSpec, Network, RunSpec, overlay::OverlayMount};
+use crate::snapshot::scan::Stamp;
 use crate::snapshot::{prune_unchanged_dirs, snapshot_upper};
 use crate::store::Store;
 use std::os::unix::fs::PermissionsExt;
@@ -36,6 +38,8 @@ pub struct StageCtx<'a> {
     pub registry: &'a Registry,
     pub opts: &'a Options,
     pub context: Arc<ContextTree>,
+    /// The live root of container-root mode; `None` in isolated mode.
+    pub container_root: Option<&'a ContainerRoot>,
 }
 
 /// A layer of the image being built.
@@ -65,6 +69,9 @@ pub struct Stage {
     cmd_set: bool,
     /// The base layers have been extracted for a step that needed them.
     unpacked: bool,
+    /// With `--single-snapshot`, the step every filesystem instruction
+    /// writes into, snapshotted once when the stage ends.
+    pending: Option<Step>,
 }
 
 /// The time stamped on history entries and the image: now, or with
@@ -162,20 +169,32 @@ pub struct Others<'a> {
     pub names: &'a [Option<String>],
 }
 
-/// The upper, work and merged directories of one filesystem step.
-pub struct Step {
-    upper: tempfile::TempDir,
-    /// The overlay and its work and merged dirs; none for a `--link` step,
-    /// which writes straight into its upper dir.
-    overlay: Option<(OverlayMount, tempfile::TempDir, tempfile::TempDir)>,
+/// Where one filesystem step writes.
+pub enum Step {
+    /// An overlay of the stage's layers with a fresh upper dir, which
+    /// becomes the layer.
+    /// Fields drop in order: the mount goes before its directories.
+    Overlay {
+        mount: OverlayMount,
+        merged: tempfile::TempDir,
+        _work: tempfile::TempDir,
+        upper: tempfile::TempDir,
+    },
+    /// A plain directory: a `COPY --link` step's layer, or in
+    /// container-root mode the flattened view of another stage.
+    Dir(tempfile::TempDir),
+    /// The live root of container-root mode; `since` is the start of a
+    /// `--use-new-run` RUN when the step ran nothing else.
+    InPlace { root: PathBuf, since: Option<Stamp> },
 }
 
 impl Step {
     /// The root the step sees and writes into.
     pub fn merged_path(&self) -> &std::path::Path {
-        match &self.overlay {
-            Some((_, _, merged)) => merged.path(),
-            None => self.upper.path(),
+        match self {
+            Step::Overlay { merged, .. } => merged.path(),
+            Step::Dir(dir) => dir.path(),
+            Step::InPlace { root, .. } => root,
         }
     }
 
@@ -188,10 +207,7 @@ impl Step {
                 source,
             },
         )?;
-        Ok(Step {
-            upper,
-            overlay: None,
-        })
+        Ok(Step::Dir(upper))
     }
 }
 
@@ -222,6 +238,7 @@ impl Stage {
             args: Vec::new(),
             cmd_set: false,
             unpacked: false,
+            pending: None,
         };
         let platform_text = platform.to_string();
         if let Some(prev) = base {
@@ -283,8 +300,14 @@ impl Stage {
             }
             store_key = Some((key, allowed));
         }
-        let mut step: Option<Step> = None;
+        let mut step: Option<Step> = self.pending.take();
+        // --use-new-run narrows the snapshot to what a RUN touched, which
+        // holds only if the step ran nothing but RUNs.
+        let mut since: Option<Option<Stamp>> = None;
         for effect in outcome.effects {
+            if caching::is_fs(&effect) && !matches!(effect, wit::Effect::Run(_)) {
+                since = Some(None);
+            }
             match effect {
                 wit::Effect::Config(change) => self.apply_config(change),
                 wit::Effect::DeclareArg(a) => super::upsert_arg(&mut self.args, a),
@@ -295,7 +318,14 @@ impl Stage {
                 }
                 wit::Effect::Run(run) => {
                     let root = self.step_root(sctx, &mut step, &instr.keyword, false)?;
-                    self.run(sctx, others, root, run)?;
+                    match sctx.container_root {
+                        Some(cr) => {
+                            let started = cr.run_started();
+                            since.get_or_insert(started);
+                            self.run_in_place(root, run)?;
+                        }
+                        None => self.run(sctx, others, root, run)?,
+                    }
                 }
                 wit::Effect::Copy(c) => {
                     let root = self.step_root(sctx, &mut step, &instr.keyword, c.link)?;
@@ -375,10 +405,18 @@ impl Stage {
             comment: None,
             empty_layer: true,
         };
-        let Some(step) = step else {
+        let Some(mut step) = step else {
             self.config.add_history(history);
             return Ok(());
         };
+        if let Step::InPlace { since: s, .. } = &mut step {
+            *s = since.flatten();
+        }
+        if sctx.opts.single_snapshot {
+            self.pending = Some(step);
+            self.config.add_history(history);
+            return Ok(());
+        }
         let layer = self.snapshot(sctx, step)?;
         if let Some(cache) = caching {
             match store_key {
@@ -508,7 +546,7 @@ impl Stage {
         }
         let probe = if link {
             self.extract_layers(sctx, "COPY --link --chown")?;
-            Some(open_step(sctx.store, &self.layers)?)
+            Some(view(sctx, &self.layers)?)
         } else {
             None
         };
@@ -531,6 +569,13 @@ impl Stage {
         if step.is_none() {
             if link {
                 *step = Some(Step::linked(sctx.store)?);
+            } else if let Some(cr) = sctx.container_root {
+                self.extract_layers(sctx, keyword)?;
+                cr.prepare(sctx, &self.layers)?;
+                *step = Some(Step::InPlace {
+                    root: cr.path().to_owned(),
+                    since: None,
+                });
             } else {
                 if let Err(reason) = &sctx.opts.isolation {
                     return Err(BuildError::NoIsolation {
@@ -549,13 +594,17 @@ impl Stage {
             .to_owned())
     }
 
-    /// Makes sure every layer has an extracted directory in the store.
+    /// Makes sure every layer has an extracted directory in the store;
+    /// in container-root mode the root itself is prepared instead.
     fn extract_layers(&mut self, sctx: &StageCtx<'_>, keyword: &str) -> Result<(), BuildError> {
         if !self.unpacked && self.layers.iter().any(|l| l.source.is_some()) {
             log::info!("Unpacking rootfs as cmd {keyword} requires it.");
             self.unpacked = true;
         }
-        ensure_extracted(sctx, &self.layers)
+        match sctx.container_root {
+            Some(_) => Ok(()),
+            None => ensure_extracted(sctx, &self.layers),
+        }
     }
 
     /// Mounts the root filesystem of a `--from` value (a stage or an
@@ -575,8 +624,42 @@ impl Stage {
             },
             FromRef::Image(image) => resolve_image(sctx, &image, &sctx.opts.platform)?.1,
         };
-        ensure_extracted(sctx, &layers)?;
-        open_step(sctx.store, &layers)
+        view(sctx, &layers)
+    }
+
+    /// RUN on the live root of container-root mode, where nothing can be
+    /// mounted: `--mount` and `--network=none` are refused.
+    fn run_in_place(&self, root: PathBuf, run: wit::Run) -> Result<(), BuildError> {
+        debug_assert_eq!(root, std::path::Path::new("/"));
+        if !run.mounts.is_empty() {
+            return Err(BuildError::NotSupported(
+                "RUN --mount in container-root mode (it needs mounts, which this container refuses; give kiln CAP_SYS_ADMIN to build in isolated mode)".into(),
+            ));
+        }
+        if run.network == wit::NetworkMode::None {
+            return Err(BuildError::NotSupported(
+                "RUN --network=none in container-root mode (it needs a network namespace, which this container refuses)".into(),
+            ));
+        }
+        let mut env: Vec<(String, String)> = pairs(run.env);
+        for (k, v) in self.config.env() {
+            env.retain(|(ek, _)| *ek != k);
+            env.push((k, v));
+        }
+        log::info!("Running: {:?}", run.argv);
+        let spec = DirectSpec {
+            argv: run.argv.clone(),
+            env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            cwd: self.config.workdir().unwrap_or_else(|| "/".into()),
+            user: self.config.user(),
+        };
+        match sandbox::run_direct(&spec)? {
+            0 => Ok(()),
+            code => Err(BuildError::RunFailed {
+                command: run.argv,
+                code,
+            }),
+        }
     }
 
     fn run(
@@ -633,14 +716,43 @@ impl Stage {
 
     fn snapshot(&self, sctx: &StageCtx<'_>, step: Step) -> Result<Option<Layer>, BuildError> {
         let store = sctx.store;
-        let Some((mount, _work, _merged)) = step.overlay else {
-            return self.layer_from(sctx, step.upper);
+        let (upper, mount) = match step {
+            Step::Dir(dir) => return self.layer_from(sctx, dir),
+            Step::InPlace { since, .. } => {
+                let cr = sctx
+                    .container_root
+                    .expect("in-place steps exist only in container-root mode");
+                return Ok(cr.snapshot(sctx, since)?.map(layer_of));
+            }
+            Step::Overlay { upper, mount, .. } => (upper, mount),
         };
         mount.unmount()?;
         let lower_dirs = lower_dirs(store, &self.layers);
         let lowers: Vec<&std::path::Path> = lower_dirs.iter().map(PathBuf::as_path).collect();
-        prune_unchanged_dirs(step.upper.path(), &lowers)?;
-        self.layer_from(sctx, step.upper)
+        prune_unchanged_dirs(upper.path(), &lowers)?;
+        self.layer_from(sctx, upper)
+    }
+
+    /// With `--single-snapshot`, turns the stage's one pending step into
+    /// its one new layer.
+    pub fn close(&mut self, sctx: &StageCtx<'_>) -> Result<(), BuildError> {
+        let Some(step) = self.pending.take() else {
+            return Ok(());
+        };
+        let history = History {
+            created: self.clock.clone(),
+            created_by: "kiln --single-snapshot: the stage's filesystem changes".into(),
+            comment: None,
+            empty_layer: true,
+        };
+        match self.snapshot(sctx, step)? {
+            Some(layer) => {
+                self.config.add_layer(&layer.diff_id, history);
+                self.layers.push(layer);
+            }
+            None => log::info!("No files were changed in the stage; no layer added to image."),
+        }
+        Ok(())
     }
 
     /// Writes a step's upper dir as a layer and keeps the dir as that
@@ -658,18 +770,7 @@ impl Stage {
             return Ok(None);
         };
         sctx.store.commit_layer_dir(upper, &blob.diff_id)?;
-        Ok(Some(Layer {
-            desc: Descriptor {
-                media_type: blob.media_type.into(),
-                digest: blob.digest,
-                size: blob.size,
-                urls: None,
-                annotations: None,
-                platform: None,
-            },
-            diff_id: blob.diff_id,
-            source: None,
-        }))
+        Ok(Some(layer_of(blob)))
     }
 
     /// Names of the ARGs this stage declared.
@@ -755,6 +856,49 @@ pub(super) fn resolve_image(
     Ok((config, layers, manifest_digest))
 }
 
+/// A layer this build wrote into the store.
+fn layer_of(blob: LayerBlob) -> Layer {
+    Layer {
+        desc: Descriptor {
+            media_type: blob.media_type.into(),
+            digest: blob.digest,
+            size: blob.size,
+            urls: None,
+            annotations: None,
+            platform: None,
+        },
+        diff_id: blob.diff_id,
+        source: None,
+    }
+}
+
+/// A read-only view of `layers` (bottom first): an overlay mount in
+/// isolated mode; in container-root mode, which cannot mount, a scratch
+/// directory with the layers applied in order.
+fn view(sctx: &StageCtx<'_>, layers: &[Layer]) -> Result<Step, BuildError> {
+    if sctx.container_root.is_none() {
+        ensure_extracted(sctx, layers)?;
+        return open_step(sctx.store, layers);
+    }
+    let dir = sctx.store.temp_dir("flat-")?;
+    let opts = UnpackOptions {
+        whiteouts: Whiteouts::Apply,
+        preserve_owners: rustix::process::geteuid().is_root(),
+        lowers: Vec::new(),
+        exclude: Default::default(),
+    };
+    for layer in layers {
+        fetch_layer_blob(sctx, layer)?;
+        let blob = sctx.store.open_blob(&layer.desc.digest)?;
+        unpack(
+            std::io::BufReader::with_capacity(1 << 20, blob),
+            dir.path(),
+            &opts,
+        )?;
+    }
+    Ok(Step::Dir(dir))
+}
+
 /// Brings a layer's blob into the store: from the base-image cache if it
 /// has it, else from the layer's registry.
 pub(super) fn fetch_layer_blob(sctx: &StageCtx<'_>, layer: &Layer) -> Result<(), BuildError> {
@@ -792,6 +936,7 @@ fn ensure_extracted(sctx: &StageCtx<'_>, layers: &[Layer]) -> Result<(), BuildEr
             whiteouts: Whiteouts::Overlay,
             preserve_owners: true,
             lowers: lower_dirs(sctx.store, &layers[..i]),
+            exclude: Default::default(),
         };
         unpack(
             std::io::BufReader::with_capacity(1 << 20, blob),
@@ -828,8 +973,10 @@ fn open_step(store: &Store, layers: &[Layer]) -> Result<Step, BuildError> {
     let lower_dirs = lower_dirs(store, layers);
     let lowers: Vec<&std::path::Path> = lower_dirs.iter().map(PathBuf::as_path).collect();
     let mount = sandbox::overlay::mount_overlay(&lowers, upper.path(), work.path(), merged.path())?;
-    Ok(Step {
+    Ok(Step::Overlay {
         upper,
-        overlay: Some((mount, work, merged)),
+        mount,
+        _work: work,
+        merged,
     })
 }

@@ -6,11 +6,12 @@
 //! it is ever created, modified or removed.
 
 use super::{
-    LayerError, OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX, XattrPairs, is_overlay_xattr,
+    Exclusions, LayerError, OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX, XattrPairs,
+    is_overlay_xattr,
 };
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
@@ -24,6 +25,9 @@ use tar::EntryType;
 pub enum Whiteouts {
     /// Convert them to overlay format (image layers).
     Overlay,
+    /// Carry them out: delete what they name, so the destination is the
+    /// flattened filesystem of every layer applied so far.
+    Apply,
     /// Fail: a build context has nothing below it to delete.
     Reject,
 }
@@ -39,6 +43,9 @@ pub struct UnpackOptions {
     /// Extracted directories of the layers below this one, topmost first:
     /// where hardlinks to files this layer does not contain are resolved.
     pub lowers: Vec<PathBuf>,
+    /// Paths never written, replaced or removed; entries at or under them
+    /// are skipped.
+    pub exclude: Exclusions,
 }
 
 /// What an unpack did.
@@ -50,6 +57,8 @@ pub struct UnpackStats {
     pub file_bytes: u64,
     /// Device nodes skipped because this process may not create them.
     pub skipped_devices: u64,
+    /// Entries skipped because they touch an excluded path.
+    pub excluded: u64,
 }
 
 /// Unpacks a tar stream (gzip, zstd or plain, detected by magic number) into
@@ -77,6 +86,7 @@ pub fn unpack(
         dir_index: HashMap::new(),
         parent: None,
         buf: Vec::new(),
+        written: HashSet::new(),
     };
     let mut archive = tar::Archive::new(input);
     for entry in archive.entries().map_err(LayerError::Read)? {
@@ -223,7 +233,7 @@ fn plan(
     {
         return Err(match whiteouts {
             Whiteouts::Reject => LayerError::WhiteoutRejected { entry: entry() },
-            Whiteouts::Overlay => {
+            Whiteouts::Overlay | Whiteouts::Apply => {
                 unsupported("directory names starting with .wh. are reserved for whiteouts".into())
             }
         });
@@ -373,6 +383,31 @@ struct Unpacker<'o> {
     parent: Option<(Vec<u8>, OwnedFd)>,
     /// The copy buffer, reused across files.
     buf: Vec<u8>,
+    /// With [`Whiteouts::Apply`], the paths this layer wrote, which an
+    /// opaque marker of their directory must keep.
+    written: HashSet<Vec<u8>>,
+}
+
+impl Plan {
+    /// The path the entry creates, replaces or removes.
+    fn target(&self) -> Option<&[u8]> {
+        match self {
+            Plan::Skip => None,
+            Plan::Dir(p)
+            | Plan::File(p)
+            | Plan::Symlink(p, _)
+            | Plan::Hardlink(p, _)
+            | Plan::Device(p, ..)
+            | Plan::Fifo(p)
+            | Plan::Whiteout(p)
+            | Plan::Opaque(p) => Some(p),
+        }
+    }
+
+    /// True if applying it leaves a directory at its path.
+    fn keeps_dir(&self) -> bool {
+        matches!(self, Plan::Dir(_) | Plan::Opaque(_))
+    }
 }
 
 /// Bytes read and written at a time when extracting a file.
@@ -513,6 +548,25 @@ impl Unpacker<'_> {
             }
         }
         let size = entry.size();
+        if let Some(target) = plan.target() {
+            let excluded = &self.opts.exclude;
+            if excluded.contains(target) {
+                self.stats.excluded += 1;
+                log::debug!("not applying {}: the path is excluded", lossy(&raw));
+                return Ok(());
+            }
+            if !plan.keeps_dir() && excluded.holds(target) {
+                self.stats.excluded += 1;
+                log::warn!(
+                    "not applying {}: it would replace a directory holding a path kiln must keep",
+                    lossy(&raw)
+                );
+                return Ok(());
+            }
+            if self.opts.whiteouts == Whiteouts::Apply && !matches!(plan, Plan::Whiteout(_)) {
+                self.written.insert(target.to_vec());
+            }
+        }
         match plan {
             Plan::Skip => Ok(()),
             Plan::Opaque(dir) => self.make_opaque(&dir),
@@ -546,6 +600,9 @@ impl Unpacker<'_> {
                     .map_err(io_err("create fifo", &this.host_path(path)))?;
                 this.node_meta(pfd, name, path, &meta, true)
             }),
+            Plan::Whiteout(path) if self.opts.whiteouts == Whiteouts::Apply => {
+                self.at_leaf(path, true, |_, _, _, _| Ok(()))
+            }
             Plan::Whiteout(path) => self.at_leaf(path, true, |this, pfd, name, path| {
                 let host = this.host_path(path);
                 let (kind, dev) = (FileType::CharacterDevice, rustix::fs::makedev(0, 0));
@@ -898,6 +955,9 @@ impl Unpacker<'_> {
         let fd = self
             .open_in_root(dir, DIR_READ)
             .map_err(io_err("open directory", &host))?;
+        if self.opts.whiteouts == Whiteouts::Apply {
+            return self.empty_opaque(dir, &fd);
+        }
         rustix::fs::fsetxattr(&fd, OPAQUE_XATTR, b"y", XattrFlags::empty()).map_err(|e| {
             LayerError::Io {
                 action: "set trusted.overlay.opaque (needs root) on",
@@ -905,6 +965,35 @@ impl Unpacker<'_> {
                 source: e.into(),
             }
         })
+    }
+
+    /// Carries out an opaque marker: removes what the layers below left in
+    /// `dir`, keeping what this layer wrote there and excluded paths.
+    fn empty_opaque(&self, dir: &[u8], fd: &OwnedFd) -> Result<(), LayerError> {
+        let host = self.host_path(dir);
+        let mut names = Vec::new();
+        let mut listing = rustix::fs::Dir::read_from(fd).map_err(io_err("list", &host))?;
+        while let Some(ent) = listing.read() {
+            let ent = ent.map_err(io_err("list", &host))?;
+            let name = ent.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(name.to_vec());
+            }
+        }
+        for name in names {
+            let mut path = dir.to_vec();
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(&name);
+            let keep = self.written.contains(&path)
+                || self.opts.exclude.contains(&path)
+                || self.opts.exclude.holds(&path);
+            if !keep {
+                self.clear(fd, OsStr::from_bytes(&name), &path, false)?;
+            }
+        }
+        Ok(())
     }
 
     fn finish_dirs(&mut self) -> Result<(), LayerError> {
@@ -1149,6 +1238,7 @@ mod tests {
         whiteouts: Whiteouts::Overlay,
         preserve_owners: true,
         lowers: Vec::new(),
+        exclude: Exclusions::NONE,
     };
 
     fn unpack_bytes(
@@ -1158,6 +1248,77 @@ mod tests {
         let dest = tempfile::tempdir().unwrap();
         let result = unpack(tar, dest.path(), opts);
         (dest, result)
+    }
+
+    #[test]
+    fn applied_whiteouts_delete_and_opaque_dirs_keep_only_this_layers_entries() {
+        let dest = tempfile::tempdir().unwrap();
+        let d = dest.path();
+        let opts = UnpackOptions {
+            whiteouts: Whiteouts::Apply,
+            preserve_owners: true,
+            lowers: Vec::new(),
+            exclude: Exclusions::new(["/keep", "/o/mnt"]),
+        };
+        let base = TarBuilder::new()
+            .dir("a/")
+            .file("a/gone", 0o644, b"x")
+            .file("a/stays", 0o644, b"y")
+            .dir("d/")
+            .file("d/deep", 0o644, b"z")
+            .dir("o/")
+            .file("o/old", 0o644, b"old")
+            .file("keep", 0o644, b"base")
+            .bytes();
+        unpack(&base[..], d, &opts).unwrap();
+        fs::create_dir(d.join("o/mnt")).unwrap();
+        fs::write(d.join("o/mnt/volume"), b"v").unwrap();
+        let top = TarBuilder::new()
+            .file("a/.wh.gone", 0, b"")
+            .file(".wh.d", 0, b"")
+            .file("o/-first", 0o644, b"1")
+            .file("o/.wh..wh..opq", 0, b"")
+            .file("o/new", 0o644, b"2")
+            .file("keep", 0o644, b"layer")
+            .file(".wh.keep", 0, b"")
+            .bytes();
+        let stats = unpack(&top[..], d, &opts).unwrap();
+        assert!(!d.join("a/gone").exists());
+        assert_eq!(fs::read(d.join("a/stays")).unwrap(), b"y");
+        assert!(!d.join("d").exists());
+        assert!(!d.join("o/old").exists());
+        assert_eq!(fs::read(d.join("o/-first")).unwrap(), b"1");
+        assert_eq!(fs::read(d.join("o/new")).unwrap(), b"2");
+        assert_eq!(fs::read(d.join("o/mnt/volume")).unwrap(), b"v");
+        // Excluded: written by neither layer, removed by no whiteout.
+        assert!(!d.join("keep").exists());
+        assert_eq!(stats.excluded, 2);
+        assert!(xattr::get(d.join("o"), OPAQUE_XATTR).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_layer_cannot_replace_a_directory_that_holds_an_excluded_path() {
+        let dest = tempfile::tempdir().unwrap();
+        let d = dest.path();
+        fs::create_dir_all(d.join("var/run")).unwrap();
+        fs::write(d.join("var/run/pid"), b"1").unwrap();
+        let opts = UnpackOptions {
+            whiteouts: Whiteouts::Apply,
+            preserve_owners: true,
+            lowers: Vec::new(),
+            exclude: Exclusions::new(["/var/run"]),
+        };
+        let tar = TarBuilder::new()
+            .file(".wh.var", 0, b"")
+            .add("var", EntryType::Symlink, 0o777, "/elsewhere", b"")
+            .file("var/run/pid", 0o644, b"image")
+            .file("etc", 0o644, b"ok")
+            .bytes();
+        let stats = unpack(&tar[..], d, &opts).unwrap();
+        assert_eq!(fs::read(d.join("var/run/pid")).unwrap(), b"1");
+        assert!(fs::symlink_metadata(d.join("var")).unwrap().is_dir());
+        assert_eq!(fs::read(d.join("etc")).unwrap(), b"ok");
+        assert_eq!(stats.excluded, 3);
     }
 
     #[test]
@@ -1278,7 +1439,8 @@ mod tests {
             UnpackStats {
                 entries: 9,
                 file_bytes: 7,
-                skipped_devices: 0
+                skipped_devices: 0,
+                excluded: 0,
             }
         );
         let d = dest.path();
@@ -1512,6 +1674,7 @@ mod tests {
         for (target, reason) in cases {
             let opts = UnpackOptions {
                 lowers: lowers.clone(),
+                exclude: Default::default(),
                 ..OVERLAY
             };
             let tar = TarBuilder::new()
@@ -1562,6 +1725,7 @@ mod tests {
             whiteouts: Whiteouts::Reject,
             preserve_owners: false,
             lowers: Vec::new(),
+            exclude: Default::default(),
         };
         let (_dest, result) = unpack_bytes(&tar, &opts);
         assert!(matches!(result, Err(LayerError::WhiteoutRejected { .. })));

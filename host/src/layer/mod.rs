@@ -8,11 +8,13 @@
 //! `trusted.overlay.opaque=y` on its directory. Writing does the reverse.
 
 pub mod apply;
+pub mod exclude;
 mod pgzip;
 pub mod write;
 
 pub use apply::{UnpackOptions, UnpackStats, Whiteouts, unpack};
-pub use write::{Compression, LayerBlob, WriteOptions, write_layer};
+pub use exclude::Exclusions;
+pub use write::{Change, Compression, LayerBlob, WriteOptions, write_changes, write_layer};
 
 use crate::store::StoreError;
 use std::io;
@@ -150,6 +152,7 @@ mod tests {
             whiteouts: Whiteouts::Overlay,
             preserve_owners: true,
             lowers: Vec::new(),
+            exclude: Default::default(),
         };
         unpack(store.open_blob(&blob.digest).unwrap(), dest.path(), &opts).unwrap();
         describe(dest.path())

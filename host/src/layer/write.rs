@@ -147,11 +147,119 @@ pub fn write_layer(
     store: &Store,
     opts: &WriteOptions,
 ) -> Result<Option<LayerBlob>, LayerError> {
-    let compression = opts.compression.validate()?;
     let mut first = fs::read_dir(root).map_err(io_err("read directory", root))?;
     if first.next().is_none() {
+        opts.compression.validate()?;
         return Ok(None);
     }
+    write_blob(root, store, opts, |w| w.walk(root, b"")).map(Some)
+}
+
+/// One path of a layer made from a list rather than a tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The path as it is now under the root.
+    Present,
+    /// Deleted: stored as a whiteout.
+    Deleted,
+}
+
+/// Writes the listed paths under `root` (relative, normalised) as a
+/// canonical layer blob: a present path with its current metadata and
+/// content, preceded by its parent directories; a deleted one as a
+/// whiteout. A listed directory stands for itself only, not its
+/// children. `None` if the list is empty.
+pub fn write_changes(
+    root: &Path,
+    changes: &[(Vec<u8>, Change)],
+    store: &Store,
+    opts: &WriteOptions,
+) -> Result<Option<LayerBlob>, LayerError> {
+    if changes.is_empty() {
+        opts.compression.validate()?;
+        return Ok(None);
+    }
+    // Tar names sort as the tree walk of `write_layer` lists them: a
+    // directory is `name/`, so its children follow it directly.
+    let mut entries: BTreeMap<Vec<u8>, Listed> = BTreeMap::new();
+    for (rel, change) in changes {
+        let (up, name) = match rel.iter().rposition(|b| *b == b'/') {
+            Some(i) => (&rel[..i], &rel[i + 1..]),
+            None => (&rel[..0], &rel[..]),
+        };
+        let mut dir = Vec::new();
+        for comp in up.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
+            if !dir.is_empty() {
+                dir.push(b'/');
+            }
+            dir.extend_from_slice(comp);
+            entries.insert([dir.as_slice(), b"/"].concat(), Listed::Path(dir.clone()));
+        }
+        let prefix = if up.is_empty() {
+            Vec::new()
+        } else {
+            [up, b"/"].concat()
+        };
+        match change {
+            Change::Present => {
+                let path = root.join(std::ffi::OsStr::from_bytes(rel));
+                let meta = fs::symlink_metadata(&path).map_err(io_err("stat", &path))?;
+                let key = tar_name(name, &kind_of(&meta));
+                entries.insert([prefix, key].concat(), Listed::Path(rel.clone()));
+            }
+            Change::Deleted => {
+                let key = [prefix.as_slice(), WHITEOUT_PREFIX, name].concat();
+                entries.insert(key, Listed::Whiteout(up.to_vec()));
+            }
+        }
+    }
+    write_blob(root, store, opts, |w| {
+        for (tar_path, listed) in &entries {
+            match listed {
+                Listed::Path(rel) => {
+                    let path = root.join(std::ffi::OsStr::from_bytes(rel));
+                    let meta = fs::symlink_metadata(&path).map_err(io_err("stat", &path))?;
+                    let kind = kind_of(&meta);
+                    let child = Child {
+                        name: OsString::new(),
+                        key: Vec::new(),
+                        meta,
+                        kind,
+                    };
+                    w.entry(&path, tar_path, &child)?;
+                }
+                Listed::Whiteout(dir) => {
+                    let path = root.join(std::ffi::OsStr::from_bytes(dir));
+                    let meta = fs::symlink_metadata(&path).map_err(io_err("stat", &path))?;
+                    let mut h = w.header(EntryType::Regular, &meta);
+                    h.set_mode(0);
+                    h.set_uid(0);
+                    h.set_gid(0);
+                    w.append(&path, tar_path, h, None, &BTreeMap::new(), None)?;
+                }
+            }
+        }
+        Ok(())
+    })
+    .map(Some)
+}
+
+/// An entry of [`write_changes`]: a path under the root, or a whiteout in
+/// a directory.
+enum Listed {
+    Path(Vec<u8>),
+    Whiteout(Vec<u8>),
+}
+
+/// Streams the tar that `fill` writes through the compressor into a new
+/// blob of the store.
+fn write_blob(
+    root: &Path,
+    store: &Store,
+    opts: &WriteOptions,
+    fill: impl FnOnce(&mut TreeWriter<HashingWriter<Encoder>>) -> Result<(), LayerError>,
+) -> Result<LayerBlob, LayerError> {
+    let compression = opts.compression.validate()?;
     let blob = store.blob_writer()?;
     let encoder = Encoder::new(compression, blob, default_workers())
         .map_err(io_err("start compressing", root))?;
@@ -160,17 +268,17 @@ pub fn write_layer(
         clamp: opts.mtime_clamp,
         links: HashMap::new(),
     };
-    writer.walk(root, b"")?;
+    fill(&mut writer)?;
     let tar = writer.tar.into_inner();
     let (encoder, diff_id, _) = tar.map_err(io_err("finish layer for", root))?.finish();
     let blob = encoder.finish().map_err(io_err("finish layer for", root))?;
     let (digest, size) = blob.commit(None)?;
-    Ok(Some(LayerBlob {
+    Ok(LayerBlob {
         digest,
         diff_id,
         size,
         media_type: compression.media_type(),
-    }))
+    })
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LayerError + 'a {
@@ -714,6 +822,54 @@ mod tests {
     }
 
     #[test]
+    fn a_change_list_is_written_like_the_tree_walk_with_parents_and_whiteouts() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir_all(r.join("a/x")).unwrap();
+        fs::create_dir(r.join("B")).unwrap();
+        fs::write(r.join("a/x/f"), b"f").unwrap();
+        fs::write(r.join("a.txt"), b"t").unwrap();
+        fs::write(r.join("B/unlisted"), b"u").unwrap();
+        fs::hard_link(r.join("a.txt"), r.join("B/link")).unwrap();
+        let changes: Vec<(Vec<u8>, Change)> = vec![
+            (b"a/x/f".to_vec(), Change::Present),
+            (b"B/link".to_vec(), Change::Present),
+            (b"a.txt".to_vec(), Change::Present),
+            (b"a/gone".to_vec(), Change::Deleted),
+            (b"top".to_vec(), Change::Deleted),
+            (b"B".to_vec(), Change::Present),
+        ];
+        let (_k, store) = store();
+        let blob = write_changes(r, &changes, &store, &WriteOptions::default())
+            .unwrap()
+            .unwrap();
+        let tar = uncompressed(&store, &blob);
+        assert_eq!(Digest::of(&tar), blob.diff_id);
+        assert_eq!(
+            names(&tar),
+            [
+                ".wh.top",
+                "B/",
+                "B/link",
+                "a.txt",
+                "a/",
+                "a/.wh.gone",
+                "a/x/",
+                "a/x/f"
+            ]
+        );
+        let entries = list(&tar);
+        let link = entries.iter().find(|e| e.0 == "a.txt").unwrap();
+        assert_eq!((link.1, link.2.as_str()), (EntryType::Link, "B/link"));
+        let whiteout = entries.iter().find(|e| e.0 == "a/.wh.gone").unwrap();
+        assert_eq!((whiteout.1, whiteout.3), (EntryType::Regular, 0));
+        assert_eq!(
+            write_changes(r, &[], &store, &WriteOptions::default()).unwrap(),
+            None
+        );
+    }
+
+    #[test]
     fn overlay_format_becomes_tar_whiteouts_and_hardlinks_are_kept() {
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
@@ -885,6 +1041,7 @@ mod tests {
             whiteouts: Whiteouts::Overlay,
             preserve_owners: true,
             lowers: Vec::new(),
+            exclude: Default::default(),
         };
         unpack(s1.open_blob(&b1.digest).unwrap(), dest.path(), &unpack_opts).unwrap();
         for f in ["etc/conf", "zeros", "random"] {

@@ -313,7 +313,11 @@ fn mount_one(
 
 /// Finds `cmd` the way a shell does: as given if it has a `/`, else the
 /// first executable match in `path`'s directories (an empty entry is `.`).
-fn find_program(cmd: &str, path: &str, is_executable: impl Fn(&Path) -> bool) -> Option<PathBuf> {
+pub(super) fn find_program(
+    cmd: &str,
+    path: &str,
+    is_executable: impl Fn(&Path) -> bool,
+) -> Option<PathBuf> {
     if cmd.contains('/') {
         return Some(PathBuf::from(cmd));
     }
@@ -322,14 +326,14 @@ fn find_program(cmd: &str, path: &str, is_executable: impl Fn(&Path) -> bool) ->
         .find(|candidate| is_executable(candidate))
 }
 
-fn is_executable(p: &Path) -> bool {
+pub(super) fn is_executable(p: &Path) -> bool {
     p.metadata().is_ok_and(|m| m.is_file())
         && rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok()
 }
 
 /// The exit code and message for a command that could not be exec'd, as a
 /// shell reports them.
-fn exec_failure(cmd: &str, err: &io::Error) -> (i32, String) {
+pub(super) fn exec_failure(cmd: &str, err: &io::Error) -> (i32, String) {
     match err.raw_os_error() {
         Some(libc::ENOENT) if cmd.contains('/') => {
             (127, format!("{cmd}: no such file or directory"))

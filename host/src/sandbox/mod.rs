@@ -8,6 +8,7 @@
 //! helper ([`INIT_ARG`], handled by [`init_main`]) which builds the sandbox
 //! and execs the command.
 
+mod direct;
 mod init;
 mod mounts;
 pub mod overlay;
@@ -17,6 +18,7 @@ mod ssh;
 mod syscall;
 pub mod user;
 
+pub use direct::{DirectSpec, container_evidence, detect_container, run_direct};
 pub use init::{INIT_ARG, init_main};
 pub use mounts::{Capabilities, DEFAULT_CAPABILITIES, MountSource, MountSpec};
 pub use run::{Network, RunSpec, run};

@@ -145,7 +145,7 @@ fn validate(spec: &RunSpec) -> Result<(), SandboxError> {
 }
 
 /// The command's environment: `env` plus Docker's defaults for `PATH` and `HOME`.
-fn exec_env(env: &[String], home: &str) -> Vec<String> {
+pub(super) fn exec_env(env: &[String], home: &str) -> Vec<String> {
     let has = |key: &str| {
         env.iter()
             .any(|e| e.split_once('=').is_some_and(|(k, _)| k == key))
@@ -162,7 +162,7 @@ fn exec_env(env: &[String], home: &str) -> Vec<String> {
 
 /// Reads `rel` inside `rootfs`, resolving symlinks as if `rootfs` were `/`,
 /// so an image cannot point kiln at a host file. `None` if it is absent.
-fn read_in_root(rootfs: &Path, rel: &str) -> Result<Option<String>, SandboxError> {
+pub(super) fn read_in_root(rootfs: &Path, rel: &str) -> Result<Option<String>, SandboxError> {
     let path = rootfs.join(rel);
     let io_err = |source: io::Error| SandboxError::Io {
         op: "read",
@@ -200,7 +200,7 @@ fn read_in_root(rootfs: &Path, rel: &str) -> Result<Option<String>, SandboxError
     Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
-fn exit_code(status: ExitStatus) -> i32 {
+pub(super) fn exit_code(status: ExitStatus) -> i32 {
     status
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))

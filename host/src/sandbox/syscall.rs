@@ -252,11 +252,16 @@ impl Syscall for LinuxSyscall {
         }
         // SAFETY: SIOC[GS]IFFLAGS read and write an ifreq, which `req` is.
         unsafe {
-            if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) != 0 {
+            if libc::ioctl(
+                sock.as_raw_fd(),
+                libc::SIOCGIFFLAGS as libc::Ioctl,
+                &mut req,
+            ) != 0
+            {
                 return Err(io::Error::last_os_error());
             }
             req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) != 0 {
+            if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as libc::Ioctl, &req) != 0 {
                 return Err(io::Error::last_os_error());
             }
         }

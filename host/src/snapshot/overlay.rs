@@ -147,6 +147,7 @@ mod tests {
             whiteouts: Whiteouts::Overlay,
             preserve_owners: true,
             lowers: Vec::new(),
+            exclude: Default::default(),
         };
         unpack(
             store.open_blob(&blob.digest).unwrap(),

@@ -161,6 +161,7 @@ pub fn extract(path: &Path, dir: &Path, keep_owners: bool) -> Result<(), FsError
         whiteouts: Whiteouts::Reject,
         preserve_owners: keep_owners,
         lowers: Vec::new(),
+        exclude: Default::default(),
     };
     unpack(stream, dir, &opts).map_err(|e| fail(e.to_string()))?;
     Ok(())
