@@ -9,12 +9,23 @@ use crate::logging::Format;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
-/// The WIT package version this host implements.
-pub const WIT_VERSION: &str = "kiln:plugin@0.1.0";
+/// The WIT package this host implements, as `wit/plugin.wit` declares it.
+pub const WIT_VERSION: &str = env!("KILN_WIT_PACKAGE");
+
+/// What `kiln --version` prints after the name: the crate version, the git
+/// commit it was built from and the WIT package plugins are built against.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("KILN_GIT_COMMIT"),
+    ", wit ",
+    env!("KILN_WIT_PACKAGE"),
+    ")"
+);
 
 /// kiln: build container images from Dockerfiles without a daemon.
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version = concat!(env!("CARGO_PKG_VERSION"), " (wit kiln:plugin@0.1.0)"))]
+#[command(name = "kiln", version = VERSION)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -252,6 +263,9 @@ pub struct BuildArgs {
     /// Build on / outside a container when no isolation is possible (replaces this machine's files).
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
     pub force: bool,
+    /// Read the build context from standard input (`--context=tar://stdin`).
+    #[arg(short = 'i', long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
+    pub interactive: bool,
     #[command(flatten)]
     pub not_yet: NotYet,
 }
@@ -276,14 +290,12 @@ pub struct NotYet {
     image_fs_extract_retry: Option<String>,
     #[arg(long, hide = true)]
     git: Option<String>,
-    #[arg(short = 'i', long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    interactive: Option<String>,
 }
 
 impl NotYet {
     /// The first unimplemented flag the user gave, as `--name`.
     pub fn first_given(&self) -> Option<&'static str> {
-        let flags: [(&'static str, bool); 5] = [
+        let flags: [(&'static str, bool); 4] = [
             ("--context-sub-path", self.context_sub_path.is_some()),
             ("--compressed-caching", self.compressed_caching.is_some()),
             (
@@ -291,7 +303,6 @@ impl NotYet {
                 self.image_fs_extract_retry.is_some(),
             ),
             ("--git", self.git.is_some()),
-            ("-i/--interactive", self.interactive.is_some()),
         ];
         flags
             .into_iter()
@@ -510,6 +521,32 @@ mod tests {
             Some("--context-sub-path")
         );
         assert_eq!(parse(&["--use-new-run"]).not_yet.first_given(), None);
+    }
+
+    #[test]
+    fn interactive_is_a_bool_flag_with_a_short_form() {
+        assert!(!parse(&[]).interactive);
+        let b = parse(&["-i", "--context=tar://stdin"]);
+        assert!(b.interactive);
+        assert_eq!(b.context, "tar://stdin");
+        assert!(parse(&["--interactive"]).interactive);
+        assert!(!parse(&["--interactive=false"]).interactive);
+    }
+
+    #[test]
+    fn version_names_the_commit_and_the_wit_package() {
+        assert!(VERSION.starts_with(env!("CARGO_PKG_VERSION")), "{VERSION}");
+        assert!(VERSION.contains(", wit kiln:plugin@"), "{VERSION}");
+        let wit = include_str!("../../wit/plugin.wit");
+        let declared = wit
+            .lines()
+            .find_map(|l| l.strip_prefix("package "))
+            .and_then(|v| v.strip_suffix(';'))
+            .unwrap();
+        assert_eq!(WIT_VERSION, declared);
+        let err = Cli::try_parse_from(["kiln", "--version"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayVersion);
+        assert_eq!(err.to_string(), format!("kiln {VERSION}\n"));
     }
 
     #[test]

@@ -35,6 +35,40 @@ pub enum ContextError {
     Ignore(crate::dockerfile::IgnoreError),
     #[error("context file {path:?} is {size} bytes; a plugin may read at most {max} bytes")]
     TooLarge { path: String, size: u64, max: u64 },
+    #[error(
+        "--context=tar://stdin reads a tar archive (plain, gzip or zstd) from standard input, \
+         but standard input is a terminal: pipe the archive in, as in \
+         `tar -cz -C DIR . | kiln build -i --context=tar://stdin ...` \
+         (in a container: `docker run -i`, `kubectl run -i`, or `ctr run` without `-t`)"
+    )]
+    StdinIsTerminal,
+    #[error(
+        "-i/--interactive reads the build context from standard input, but --context is {url:?}: \
+         use --context=tar://stdin, or drop -i"
+    )]
+    InteractiveWithoutStdin { url: String },
+}
+
+/// Whether `url` is `tar://stdin`, the context read from standard input.
+pub fn reads_stdin(url: &str) -> bool {
+    let (scheme, rest) = split_url(url);
+    scheme == "tar" && rest == "stdin"
+}
+
+/// Checks `-i/--interactive` against `--context` before anything is read:
+/// `tar://stdin` needs an archive piped in, never a terminal, and `-i`
+/// only makes sense with `tar://stdin`. kaniko's executor has no `-i` (its
+/// users write `docker run -i`), so `tar://stdin` works without it too.
+pub fn check_stdin(
+    url: &str,
+    interactive: bool,
+    stdin_is_terminal: bool,
+) -> Result<(), ContextError> {
+    match (reads_stdin(url), interactive) {
+        (true, _) if stdin_is_terminal => Err(ContextError::StdinIsTerminal),
+        (false, true) => Err(ContextError::InteractiveWithoutStdin { url: url.into() }),
+        _ => Ok(()),
+    }
 }
 
 /// The most a plugin may read from one context file.
@@ -112,7 +146,12 @@ pub fn open(
     let mut policy = Policy::default();
     let url = match scheme.as_str() {
         "dir" => format!("dir://{}", absolute(rest)?.display()),
-        "tar" if rest != "stdin" => {
+        "tar" if rest == "stdin" => {
+            log::info!("Reading the build context from standard input");
+            policy.stdin = true;
+            url.to_owned()
+        }
+        "tar" => {
             let file = absolute(rest)?;
             if let Some(parent) = file.parent() {
                 policy.read_dirs.push(Preopen {
@@ -378,6 +417,29 @@ mod tests {
         assert_eq!(split_url("DIR://x"), ("dir".into(), "x"));
         assert_eq!(split_url("./ctx"), ("dir".into(), "./ctx"));
         assert_eq!(split_url("/abs/path"), ("dir".into(), "/abs/path"));
+    }
+
+    #[test]
+    fn stdin_contexts_need_a_pipe_and_interactive_needs_stdin() {
+        assert!(reads_stdin("tar://stdin"));
+        assert!(reads_stdin("TAR://stdin"));
+        assert!(!reads_stdin("tar:///stdin"));
+        assert!(!reads_stdin("stdin"));
+        assert!(check_stdin("tar://stdin", true, false).is_ok());
+        assert!(check_stdin("tar://stdin", false, false).is_ok());
+        assert!(check_stdin("dir:///workspace", false, true).is_ok());
+        let tty = check_stdin("tar://stdin", true, true).unwrap_err();
+        assert!(matches!(tty, ContextError::StdinIsTerminal));
+        assert!(tty.to_string().contains("standard input is a terminal"));
+        assert!(matches!(
+            check_stdin("tar://stdin", false, true),
+            Err(ContextError::StdinIsTerminal)
+        ));
+        let err = check_stdin("/workspace/", true, false).unwrap_err();
+        assert!(
+            err.to_string().contains("use --context=tar://stdin"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -105,7 +105,14 @@ fn wall_clock() -> String {
 
 impl log::Log for Logger {
     fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= self.level
+        // Libraries (cranelift, wasmtime) are chatty at debug; -v debug is
+        // about kiln's own work, as kaniko's is.
+        let level = if m.target().starts_with("kiln") {
+            self.level
+        } else {
+            self.level.min(log::LevelFilter::Warn)
+        };
+        m.level() <= level
     }
 
     fn log(&self, record: &log::Record) {

@@ -101,6 +101,11 @@ fn build_options(args: &BuildArgs, isolation: Result<(), String>) -> anyhow::Res
     if let Some(flag) = args.not_yet.first_given() {
         anyhow::bail!("flag {flag} is not supported yet by kiln");
     }
+    kiln::context::check_stdin(
+        &args.context,
+        args.interactive,
+        std::io::IsTerminal::is_terminal(&std::io::stdin()),
+    )?;
     if args.destinations.is_empty() && !args.no_push {
         anyhow::bail!("you must provide --destination, or use --no-push");
     }

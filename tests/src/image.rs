@@ -53,6 +53,11 @@ impl Image {
         self.inspect(&["--config", "--raw"])
     }
 
+    /// The manifest as the registry or layout serves it.
+    pub fn manifest(&self) -> Result<Value> {
+        self.inspect(&["--raw"])
+    }
+
     /// The manifest digest (`sha256:...`) the registry or layout serves.
     pub fn digest(&self) -> Result<String> {
         let inspect = self.inspect(&[])?;

@@ -238,3 +238,35 @@ fn single_snapshot_makes_one_layer_per_stage_with_every_change() -> Result<()> {
     assert_eq!((diff_ids, with_layers), (base_layers + 1, base_layers + 1));
     Ok(())
 }
+
+#[test]
+fn layers_travel_to_the_registry_while_later_steps_run() -> Result<()> {
+    let registry = Registry::start()?;
+    let base = BaseImage::busybox()?.push(&registry, "library/busybox:latest")?;
+    let context = BuildContext::with_dockerfile(&format!(
+        "FROM {base} AS unused\nRUN echo never > /never\n\
+         FROM {base}\nRUN echo early > /early\nCOPY --from=unused /never /copied\nRUN sleep 2\n"
+    ))?;
+    let out = build(&context, &registry, "early:1", &["-v", "debug"])?;
+    out.ensure_success()?;
+    let image = registry.image("early:1");
+    let base_layers = registry.image("library/busybox:latest").layer_count()?;
+    let manifest = image.manifest()?;
+    let layer = manifest["layers"][base_layers]["digest"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let log = out.all();
+    let uploaded = log.find(&format!("layer {layer} uploaded ahead of the image"));
+    let sleep_done = log.rfind("RUN sleep 2");
+    assert!(uploaded.is_some(), "no early upload of {layer}:\n{log}");
+    assert!(sleep_done.is_some(), "{log}");
+    // Only the layers of stages the image is built on travel early: not
+    // the one of the stage it copies from.
+    assert_eq!(
+        log.matches("uploaded ahead of the image").count(),
+        2,
+        "{log}"
+    );
+    Ok(())
+}

@@ -4,6 +4,7 @@
 
 mod caching;
 pub mod container_root;
+mod early_push;
 pub(crate) mod fs;
 mod mounts;
 mod output;
@@ -21,6 +22,7 @@ use crate::plugin::{self, Kind, Limits, Plugin, Runtime, wit};
 use crate::registry::{Registry, RegistryOptions};
 use crate::store::Store;
 use container_root::{ContainerRoot, ContainerRootOptions};
+use early_push::EarlyPush;
 use stage::{Stage, StageCtx};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -445,10 +447,11 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
     }
 
     let registry = Registry::new(opts.registry.clone())?;
+    let destinations = output::parse_destinations(&opts.destinations)?;
     if opts.push_permission_check && !opts.no_push {
         // As kaniko does: fail before a long build rather than at its end.
-        for dest in output::parse_destinations(&opts.destinations)? {
-            registry.check_push_permission(&dest)?;
+        for dest in &destinations {
+            registry.check_push_permission(dest)?;
         }
     }
     let caching = match &opts.cache {
@@ -484,15 +487,6 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
             Some(ContainerRoot::new(PathBuf::from("/"), exclude, cr))
         }
         _ => None,
-    };
-    let sctx = StageCtx {
-        container_root: container_root.as_ref(),
-        cache: caching.as_ref(),
-        http: &http,
-        store: &store,
-        registry: &registry,
-        opts,
-        context: ctx.clone(),
     };
     let frontend = Frontend {
         rt: &rt,
@@ -572,6 +566,33 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
         log::info!("Skipping unused stage {}", plan::stage_label(p));
     }
     let waves = plan::waves(&plans, &need).map_err(BuildError::Plan)?;
+    let early_push = (!opts.no_push && !opts.destinations.is_empty()).then(|| {
+        let base_of: Vec<Option<usize>> = plans
+            .iter()
+            .map(
+                |p| match plan::resolve_from(&p.base, &names[..p.index], p.index) {
+                    Ok(plan::FromRef::Stage(i)) => Some(i),
+                    _ => None,
+                },
+            )
+            .collect();
+        EarlyPush::start(
+            registry.clone(),
+            destinations.clone(),
+            store.clone(),
+            early_push::image_chain(target, &base_of),
+        )
+    });
+    let sctx = StageCtx {
+        container_root: container_root.as_ref(),
+        early_push: early_push.as_ref(),
+        cache: caching.as_ref(),
+        http: &http,
+        store: &store,
+        registry: &registry,
+        opts,
+        context: ctx.clone(),
+    };
 
     let mut finished: Vec<Option<Stage>> = (0..plans.len()).map(|_| None).collect();
     let mut stage_declared: Vec<String> = Vec::new();
@@ -634,6 +655,9 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
     }
     let mut final_stage = finished[target].take().expect("the target stage was built");
     final_stage.finish(opts);
+    if let Some(uploads) = &early_push {
+        uploads.finish();
+    }
     let outcome = output::write(&sctx, &final_stage);
     if opts.cleanup {
         match &container_root {

@@ -3,6 +3,7 @@
 
 use super::caching::{self, Caching};
 use super::container_root::ContainerRoot;
+use super::early_push::EarlyPush;
 use super::fs::{self as imagefs, Copy, Owner};
 use super::mounts;
 use super::plan::{self, FromRef};
@@ -40,6 +41,8 @@ pub struct StageCtx<'a> {
     pub context: Arc<ContextTree>,
     /// The live root of container-root mode; `None` in isolated mode.
     pub container_root: Option<&'a ContainerRoot>,
+    /// Uploads the image's new layers while the build goes on.
+    pub early_push: Option<&'a EarlyPush>,
 }
 
 /// A layer of the image being built.
@@ -441,6 +444,9 @@ impl Stage {
         }
         match layer {
             Some(layer) => {
+                if let Some(uploads) = sctx.early_push {
+                    uploads.layer(self.index, &layer.desc);
+                }
                 self.config.add_layer(&layer.diff_id, history);
                 self.layers.push(layer);
             }
@@ -747,6 +753,9 @@ impl Stage {
         };
         match self.snapshot(sctx, step)? {
             Some(layer) => {
+                if let Some(uploads) = sctx.early_push {
+                    uploads.layer(self.index, &layer.desc);
+                }
                 self.config.add_layer(&layer.diff_id, history);
                 self.layers.push(layer);
             }

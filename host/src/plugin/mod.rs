@@ -88,6 +88,8 @@ pub struct Preopen {
 pub struct Policy {
     /// Read-only directories.
     pub read_dirs: Vec<Preopen>,
+    /// kiln's own standard input (`tar://stdin`); no other call reads it.
+    pub stdin: bool,
 }
 
 /// How often the epoch advances; deadlines are counted in these ticks.
@@ -376,6 +378,9 @@ impl Runtime {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let mut wasi = WasiCtxBuilder::new();
         wasi.stderr(stderr.clone());
+        if policy.stdin {
+            wasi.inherit_stdin();
+        }
         for dir in &policy.read_dirs {
             wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadOnly)
                 .map_err(|e| PluginError::Load {

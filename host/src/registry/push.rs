@@ -95,6 +95,27 @@ impl Registry {
         Ok(digest)
     }
 
+    /// Uploads `blobs`, which are in the store, to every destination's
+    /// repository ahead of the image, so that a layer travels while later
+    /// steps run; the image's own push then finds them there.
+    pub fn push_blobs_ahead(
+        &self,
+        dests: &[Reference],
+        blobs: &[&Descriptor],
+        store: &Store,
+    ) -> Result<(), RegistryError> {
+        for plan in repo_plans(dests) {
+            let repo = Repo {
+                registry: plan.registry,
+                repository: plan.repository,
+                push: true,
+            };
+            let mount = |_: &Digest| mount_source(&plan, None);
+            self.push_blobs(&repo, blobs, &mount, None, store)?;
+        }
+        Ok(())
+    }
+
     /// Checks, before a build, that `dest` accepts pushes from us: opens an
     /// upload session and cancels it, as kaniko does.
     pub fn check_push_permission(&self, dest: &Reference) -> Result<(), RegistryError> {

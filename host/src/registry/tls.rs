@@ -2,11 +2,15 @@
 //! tried, whether certificates are verified, which extra CAs and which
 //! client certificate apply. The choice is pure; the PEM files it names are
 //! read once, when the client is made, so a bad file fails the build early.
+//! CAs in `SSL_CERT_FILE` and `SSL_CERT_DIR` (as OpenSSL and Go read them)
+//! are trusted besides Mozilla's roots for every registry, so a CA bundle
+//! mounted into the kiln image works as it does for kaniko.
 
 use super::client::{RegistryOptions, is_loopback};
 use super::reference::DOCKER_HUB;
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
@@ -92,6 +96,46 @@ pub(super) fn route(opts: &RegistryOptions, registry: &str, dir: Direction) -> R
 pub(super) struct TlsMaterial {
     cas: HashMap<PathBuf, Vec<Certificate<'static>>>,
     clients: HashMap<(PathBuf, PathBuf), ClientCert>,
+    /// The CAs of `SSL_CERT_FILE` and `SSL_CERT_DIR`, trusted everywhere.
+    environment: Vec<Certificate<'static>>,
+}
+
+/// The CAs in `file` (`SSL_CERT_FILE`) and in the files of `dirs`
+/// (`SSL_CERT_DIR`, colon-separated), each certificate once. A bad or
+/// missing file is skipped with a warning rather than failing every build
+/// on a machine whose variables point somewhere stale.
+fn environment_cas(file: Option<&OsStr>, dirs: Option<&OsStr>) -> Vec<Certificate<'static>> {
+    let mut files: Vec<PathBuf> = file
+        .filter(|f| !f.is_empty())
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    for dir in dirs.into_iter().flat_map(std::env::split_paths) {
+        if dir.as_os_str().is_empty() {
+            continue;
+        }
+        match std::fs::read_dir(&dir) {
+            Ok(entries) => {
+                let mut found: Vec<PathBuf> = entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_file())
+                    .collect();
+                found.sort();
+                files.extend(found);
+            }
+            Err(e) => log::warn!("SSL_CERT_DIR: cannot list {}: {e}", dir.display()),
+        }
+    }
+    let mut seen = HashSet::new();
+    let mut roots = Vec::new();
+    for path in files {
+        match certificates(&path) {
+            Ok(certs) => roots.extend(certs.into_iter().filter(|c| seen.insert(c.der().to_vec()))),
+            Err(bad) => log::debug!("not using {} as a CA: {}", bad.path.display(), bad.detail),
+        }
+    }
+    roots
 }
 
 /// A PEM file that cannot be used: which, and why.
@@ -147,7 +191,13 @@ fn private_key(path: &Path) -> Result<PrivateKey<'static>, BadPem> {
 impl TlsMaterial {
     /// Reads every CA file and client certificate the options name.
     pub(super) fn load(opts: &RegistryOptions) -> Result<TlsMaterial, BadPem> {
-        let mut m = TlsMaterial::default();
+        let mut m = TlsMaterial {
+            environment: environment_cas(
+                std::env::var_os("SSL_CERT_FILE").as_deref(),
+                std::env::var_os("SSL_CERT_DIR").as_deref(),
+            ),
+            ..TlsMaterial::default()
+        };
         for (_, path) in &opts.registry_certificates {
             if let Entry::Vacant(slot) = m.cas.entry(path.clone()) {
                 slot.insert(certificates(path)?);
@@ -172,11 +222,12 @@ impl TlsMaterial {
                     .as_ref()
                     .and_then(|pair| self.clients.get(pair).cloned()),
             );
-        if !choice.extra_cas.is_empty() {
+        if !choice.extra_cas.is_empty() || !self.environment.is_empty() {
             let mut roots: Vec<Certificate<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
                 .iter()
                 .map(|c| Certificate::from_der(c.as_ref()))
                 .collect();
+            roots.extend(self.environment.iter().cloned());
             for path in &choice.extra_cas {
                 roots.extend(self.cas.get(path).into_iter().flatten().cloned());
             }
@@ -267,6 +318,54 @@ mod tests {
             route(&o, "gcr.io", Direction::Push).tls,
             TlsChoice::default()
         );
+    }
+
+    /// A real CA certificate as PEM: one of Mozilla's roots.
+    fn pem(index: usize) -> (Vec<u8>, String) {
+        use base64::Engine as _;
+        let der = webpki_root_certs::TLS_SERVER_ROOT_CERTS[index]
+            .as_ref()
+            .to_vec();
+        let body = base64::engine::general_purpose::STANDARD.encode(&der);
+        let lines: Vec<&str> = body
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        let text = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            lines.join("\n")
+        );
+        (der, text)
+    }
+
+    #[test]
+    fn ssl_cert_file_and_dir_add_each_ca_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (der0, pem0) = pem(0);
+        let (der1, pem1) = pem(1);
+        let (der2, pem2) = pem(2);
+        let bundle = dir.path().join("bundle.crt");
+        std::fs::write(&bundle, format!("{pem0}{pem1}")).unwrap();
+        let certs = dir.path().join("certs");
+        let other = dir.path().join("other");
+        std::fs::create_dir(&certs).unwrap();
+        std::fs::create_dir(&other).unwrap();
+        // A hash link and its target (as c_rehash makes), a non-PEM file,
+        // a duplicate of the bundle, and a second directory.
+        std::fs::write(certs.join("corp.pem"), &pem2).unwrap();
+        std::os::unix::fs::symlink(certs.join("corp.pem"), certs.join("1a2b3c4d.0")).unwrap();
+        std::fs::write(certs.join("README"), "not a certificate\n").unwrap();
+        std::fs::write(other.join("dup.pem"), &pem1).unwrap();
+        let dirs = std::env::join_paths([&certs, &other, &dir.path().join("missing")]).unwrap();
+        let got: Vec<Vec<u8>> = environment_cas(Some(bundle.as_os_str()), Some(&dirs))
+            .iter()
+            .map(|c| c.der().to_vec())
+            .collect();
+        assert_eq!(got, vec![der0, der1, der2]);
+        assert!(environment_cas(None, None).is_empty());
+        let missing = dir.path().join("nope.crt");
+        assert!(environment_cas(Some(missing.as_os_str()), Some(OsStr::new(""))).is_empty());
     }
 
     #[test]

@@ -92,16 +92,21 @@ pub fn run_direct(spec: &DirectSpec) -> Result<i32, SandboxError> {
 }
 
 /// Why kiln believes it runs inside a container, or `None`: the
-/// `container` variable that podman, systemd-nspawn and others set, the
+/// `container` variable that podman, systemd-nspawn and others set, being
+/// PID 1 of its own pid namespace (as under `ctr run` or in a pod), the
 /// marker files of Docker, podman and Kubernetes, or a container
 /// runtime's cgroup.
 pub fn container_evidence(
     env_container: Option<&str>,
+    pid: u32,
     exists: impl Fn(&str) -> bool,
     cgroup: &str,
 ) -> Option<String> {
     if let Some(v) = env_container.filter(|v| !v.is_empty()) {
         return Some(format!("the environment sets container={v}"));
+    }
+    if pid == 1 {
+        return Some("kiln is PID 1 of its own pid namespace".into());
     }
     for marker in [
         "/.dockerenv",
@@ -122,6 +127,7 @@ pub fn container_evidence(
 pub fn detect_container() -> Option<String> {
     container_evidence(
         std::env::var("container").ok().as_deref(),
+        std::process::id(),
         |p| Path::new(p).exists(),
         &std::fs::read_to_string("/proc/1/cgroup").unwrap_or_default(),
     )
@@ -134,18 +140,25 @@ mod tests {
     #[test]
     fn evidence_comes_from_env_markers_or_cgroups() {
         let none = |_: &str| false;
-        assert_eq!(container_evidence(None, none, "0::/\n"), None);
-        assert_eq!(container_evidence(Some(""), none, "0::/init.scope\n"), None);
+        assert_eq!(container_evidence(None, 40, none, "0::/\n"), None);
         assert_eq!(
-            container_evidence(Some("podman"), none, ""),
+            container_evidence(Some(""), 40, none, "0::/init.scope\n"),
+            None
+        );
+        assert_eq!(
+            container_evidence(Some("podman"), 40, none, ""),
             Some("the environment sets container=podman".into())
         );
         assert_eq!(
-            container_evidence(None, |p| p == "/.dockerenv", ""),
+            container_evidence(None, 1, none, "0::/\n"),
+            Some("kiln is PID 1 of its own pid namespace".into())
+        );
+        assert_eq!(
+            container_evidence(None, 40, |p| p == "/.dockerenv", ""),
             Some("/.dockerenv exists".into())
         );
         assert_eq!(
-            container_evidence(None, none, "0::/kubepods/besteffort/pod1/abc\n"),
+            container_evidence(None, 40, none, "0::/kubepods/besteffort/pod1/abc\n"),
             Some("/proc/1/cgroup names kubepods".into())
         );
     }

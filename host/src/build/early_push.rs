@@ -1,0 +1,95 @@
+//! Layers on their way to the registry while the build goes on: each layer
+//! a step of the target's stage chain writes is uploaded to every
+//! destination in the background, so pushing the image at the end only
+//! checks that the blobs are there and puts the manifest.
+
+use crate::image::manifest::Descriptor;
+use crate::registry::{Reference, Registry};
+use crate::store::Store;
+use std::sync::{Mutex, mpsc};
+use std::thread::JoinHandle;
+
+/// The background uploader.
+pub struct EarlyPush {
+    /// Stages whose layers end up in the image (the target and the stages
+    /// it is built `FROM`), by index.
+    in_image: Vec<bool>,
+    queue: Mutex<Option<mpsc::Sender<Descriptor>>>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl EarlyPush {
+    /// Starts the uploader for `destinations`.
+    pub fn start(
+        registry: Registry,
+        destinations: Vec<Reference>,
+        store: Store,
+        in_image: Vec<bool>,
+    ) -> EarlyPush {
+        let (queue, layers) = mpsc::channel::<Descriptor>();
+        let worker = std::thread::spawn(move || {
+            for desc in layers {
+                // A failure here costs nothing but time: the image's push
+                // uploads whatever is still missing, and reports errors.
+                match registry.push_blobs_ahead(&destinations, &[&desc], &store) {
+                    Ok(()) => log::debug!("layer {} uploaded ahead of the image", desc.digest),
+                    Err(e) => log::debug!("early upload of layer {} failed: {e}", desc.digest),
+                }
+            }
+        });
+        EarlyPush {
+            in_image,
+            queue: Mutex::new(Some(queue)),
+            worker: Mutex::new(Some(worker)),
+        }
+    }
+
+    /// Queues the layer that a step of stage `stage` wrote, if the image
+    /// will contain it.
+    pub fn layer(&self, stage: usize, desc: &Descriptor) {
+        if !self.in_image.get(stage).copied().unwrap_or(false) {
+            return;
+        }
+        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(queue) = queue.as_ref() {
+            let _ = queue.send(desc.clone());
+        }
+    }
+
+    /// Waits for the queued uploads; later layers are not queued.
+    pub fn finish(&self) {
+        drop(self.queue.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let worker = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(worker) = worker {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// Which stages' layers end up in the image: the target, and the stages it
+/// is built `FROM`, transitively. `base_of[i]` is stage `i`'s base stage.
+pub fn image_chain(target: usize, base_of: &[Option<usize>]) -> Vec<bool> {
+    let mut chain = vec![false; base_of.len()];
+    let mut at = Some(target);
+    while let Some(i) = at {
+        if chain[i] {
+            break;
+        }
+        chain[i] = true;
+        at = base_of[i];
+    }
+    chain
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chain_follows_from_stages_only() {
+        // 0 <- 2 <- 3 (target); 1 is only copied from.
+        let base_of = [None, None, Some(0), Some(2)];
+        assert_eq!(image_chain(3, &base_of), [true, false, true, true]);
+        assert_eq!(image_chain(1, &base_of), [false, true, false, false]);
+    }
+}
