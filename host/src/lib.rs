@@ -7,6 +7,7 @@
 pub mod build;
 pub mod cache;
 pub mod cli;
+pub mod cloud;
 pub mod context;
 pub mod digest;
 pub mod dockerfile;

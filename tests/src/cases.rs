@@ -16,16 +16,26 @@
 //! in the Dockerfile are replaced when the context is written, because
 //! registry ports change from run to run.
 
-use crate::buildah::BuildSpec;
+use crate::base::BaseImage;
+use crate::buildah::{BuildSpec, Buildah, mounts_under};
+use crate::compare::ImageView;
 use crate::context::BuildContext;
+use crate::expected::check_expected;
+use crate::http::FileServer;
+use crate::image::Image;
+use crate::registry::Registry;
 use anyhow::{Context, Result, bail};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::thread;
+use std::time::Duration;
+use tempfile::TempDir;
 
 /// The uid and gid of every entry in a case's generated tarballs.
 pub const TAR_OWNER: (u64, u64) = (1234, 5678);
@@ -39,6 +49,13 @@ const PLACEHOLDERS: &[&str] = &["@CASE:", "@BASE@", "@DEBIAN@"];
 
 /// Files of a case directory that describe the case and are not context.
 const CASE_FILES: &[&str] = &["case.json", "expected.json"];
+
+/// Where [`CaseServices`] pushes busybox, the `@BASE@` of the cases.
+const BUSYBOX_REPO_TAG: &str = "library/busybox:latest";
+
+/// Concurrent cases: buildah and kiln mostly wait on processes and I/O, so
+/// a little more than the machine's two cores keeps them busy.
+const WORKERS: usize = 3;
 
 /// One Dockerfile case.
 #[derive(Clone, Debug)]
@@ -214,6 +231,316 @@ impl Case {
             target: self.target.clone(),
             ..BuildSpec::new(context.path())
         }
+    }
+}
+
+/// The cases named in `filter` (comma-separated) and those they need; all
+/// cases without a filter.
+pub fn select_cases(all: &[Case], filter: Option<&str>) -> Result<Vec<Case>> {
+    let Some(filter) = filter.filter(|f| !f.trim().is_empty()) else {
+        return Ok(all.to_vec());
+    };
+    let mut wanted: BTreeSet<String> = filter.split(',').map(|s| s.trim().to_owned()).collect();
+    loop {
+        let needed: Vec<String> = all
+            .iter()
+            .filter(|c| wanted.contains(&c.name))
+            .flat_map(|c| c.needs.iter().cloned())
+            .collect();
+        let before = wanted.len();
+        wanted.extend(needed);
+        if wanted.len() == before {
+            break;
+        }
+    }
+    for name in &wanted {
+        if !all.iter().any(|c| &c.name == name) {
+            bail!("KILN_CASES names {name:?}, which is not a case");
+        }
+    }
+    Ok(all
+        .iter()
+        .filter(|c| wanted.contains(&c.name))
+        .cloned()
+        .collect())
+}
+
+/// Cases grouped so that each runs after the cases it needs, with those on
+/// the Debian base first in each phase.
+pub struct CasePlan {
+    /// The phases, in order.
+    pub phases: Vec<Vec<Case>>,
+    /// Whether a case uses `@DEBIAN@`, so that the Debian base is needed.
+    pub uses_debian: bool,
+}
+
+impl CasePlan {
+    /// Plans `cases`, failing on missing or circular `needs`.
+    pub fn new(cases: &[Case]) -> Result<CasePlan> {
+        let mut uses_debian = BTreeSet::new();
+        for case in cases {
+            if case.mentions("@DEBIAN@")? {
+                uses_debian.insert(case.name.clone());
+            }
+        }
+        let mut phases = phases(cases)?;
+        for phase in &mut phases {
+            // They are the slowest (apt-get from the mirror): starting them
+            // first keeps them from being the last ones running.
+            phase.sort_by_key(|case| !uses_debian.contains(&case.name));
+        }
+        Ok(CasePlan {
+            phases,
+            uses_debian: !uses_debian.is_empty(),
+        })
+    }
+}
+
+/// Groups cases so that each runs after the cases it needs.
+fn phases(cases: &[Case]) -> Result<Vec<Vec<Case>>> {
+    let mut done: BTreeSet<&str> = BTreeSet::new();
+    let mut left: Vec<&Case> = cases.iter().collect();
+    let mut phases = Vec::new();
+    while !left.is_empty() {
+        let (ready, waiting): (Vec<&Case>, Vec<&Case>) = left
+            .into_iter()
+            .partition(|c| c.needs.iter().all(|n| done.contains(n.as_str())));
+        if ready.is_empty() {
+            let names: Vec<&str> = waiting.iter().map(|c| c.name.as_str()).collect();
+            bail!("cases with missing or circular `needs`: {names:?}");
+        }
+        done.extend(ready.iter().map(|c| c.name.as_str()));
+        phases.push(ready.into_iter().cloned().collect());
+        left = waiting;
+    }
+    Ok(phases)
+}
+
+/// What every case needs: the registry, the base images and the file server.
+pub struct CaseServices {
+    /// The registry every image is pulled from and pushed to.
+    pub registry: Registry,
+    base: String,
+    /// The Debian base image, made only when a selected case uses it.
+    debian: Option<String>,
+    server: FileServer,
+}
+
+impl CaseServices {
+    /// Starts a registry holding busybox (and Debian, kept in `cache_dir`
+    /// for the day, when the plan uses it) and a file server for
+    /// `cases_dir`.
+    pub fn start(plan: &CasePlan, cases_dir: &Path, cache_dir: &Path) -> Result<CaseServices> {
+        let registry = Registry::start()?;
+        let base = BaseImage::busybox()?.push(&registry, BUSYBOX_REPO_TAG)?;
+        let debian = if plan.uses_debian {
+            Some(BaseImage::debian(cache_dir)?.push(&registry, "library/debian:bookworm")?)
+        } else {
+            None
+        };
+        let server = FileServer::start(cases_dir)?;
+        Ok(CaseServices {
+            registry,
+            base,
+            debian,
+            server,
+        })
+    }
+
+    /// The busybox base image, `@BASE@`.
+    pub fn base_image(&self) -> Image {
+        self.registry.image(BUSYBOX_REPO_TAG)
+    }
+
+    /// Placeholder values for the Dockerfile built by `side` (`kiln`,
+    /// `buildah`, ...): each side builds on its own images of the needed
+    /// cases, `cases/NAME:SIDE`.
+    pub fn substitutions(&self, case: &Case, side: &str) -> Vec<(String, String)> {
+        let mut subs = vec![
+            ("@BASE@".to_owned(), self.base.clone()),
+            ("@HTTP@".to_owned(), self.server.url()),
+            ("@REGISTRY@".to_owned(), self.registry.addr()),
+        ];
+        if let Some(debian) = &self.debian {
+            subs.push(("@DEBIAN@".to_owned(), debian.clone()));
+        }
+        for need in &case.needs {
+            subs.push((
+                format!("@CASE:{need}@"),
+                self.registry.reference(&format!("cases/{need}:{side}")),
+            ));
+        }
+        subs
+    }
+
+    /// Builds `case` with buildah, pushes it as `cases/NAME:buildah` and
+    /// reads it back.
+    pub fn oracle(&self, case: &Case, buildah: &Buildah) -> Result<ImageView> {
+        let context = case.context(&self.substitutions(case, "buildah"))?;
+        let repo_tag = format!("cases/{}:buildah", case.name);
+        buildah.build_and_push(&case.spec(&context), &self.registry.reference(&repo_tag))?;
+        ImageView::read(&self.registry.image(&repo_tag)).context("cannot read buildah's image")
+    }
+}
+
+/// One worker's own tools, so that workers share nothing but the registry.
+pub struct CaseWorker {
+    /// The oracle, with storage of its own.
+    pub buildah: Buildah,
+    /// A kiln directory for the worker's builds, one after the other.
+    pub kaniko_dir: TempDir,
+}
+
+/// What a run of cases produced.
+pub struct CaseRun<T> {
+    /// What `run` returned for each case, in no particular order.
+    pub results: Vec<T>,
+    /// Mount points that buildah left behind: empty unless it leaked.
+    pub leaks: Vec<PathBuf>,
+}
+
+/// Runs `run` on every case, phase after phase, on a few workers in
+/// parallel.
+pub fn run_cases<T: Send>(
+    phases: Vec<Vec<Case>>,
+    run: impl Fn(&Case, &CaseWorker) -> T + Sync,
+) -> Result<CaseRun<T>> {
+    let mut all = Vec::new();
+    let mut leaks = Vec::new();
+    for phase in phases {
+        let queue = Mutex::new(VecDeque::from(phase));
+        let results = Mutex::new(Vec::new());
+        thread::scope(|scope| -> Result<()> {
+            let mut handles = Vec::new();
+            for _ in 0..WORKERS {
+                handles.push(scope.spawn(|| -> Result<Vec<PathBuf>> {
+                    let worker = CaseWorker {
+                        buildah: Buildah::new()?,
+                        kaniko_dir: tempfile::Builder::new().prefix("kiln-cases-").tempdir()?,
+                    };
+                    loop {
+                        let next = queue.lock().expect("queue lock").pop_front();
+                        let Some(case) = next else { break };
+                        let result = run(&case, &worker);
+                        results.lock().expect("results lock").push(result);
+                    }
+                    let buildah_dir = worker.buildah.dir().to_owned();
+                    drop(worker);
+                    // Drop must leave nothing mounted under buildah's storage.
+                    mounts_under(Path::new("/")).map(|mounts| {
+                        mounts
+                            .into_iter()
+                            .filter(|mount| mount.starts_with(&buildah_dir))
+                            .collect()
+                    })
+                }));
+            }
+            for handle in handles {
+                match handle.join() {
+                    Ok(found) => leaks.extend(found?),
+                    Err(_) => bail!("a case worker panicked"),
+                }
+            }
+            Ok(())
+        })?;
+        all.extend(results.into_inner().expect("results lock"));
+    }
+    Ok(CaseRun {
+        results: all,
+        leaks,
+    })
+}
+
+/// What happened to one case.
+pub struct CaseOutcome {
+    /// The case's name.
+    pub name: String,
+    /// Everything that went wrong, one message each.
+    pub problems: Vec<String>,
+    /// How long the case took.
+    pub seconds: f64,
+}
+
+impl CaseOutcome {
+    /// One line: the name, the time and `ok` or the first problem.
+    pub fn summary(&self) -> String {
+        let verdict = match self.problems.first() {
+            None => "ok".to_owned(),
+            Some(first) => format!("FAIL: {}", first.lines().next().unwrap_or_default()),
+        };
+        format!("case {} ({:.1} s): {verdict}", self.name, self.seconds)
+    }
+}
+
+/// Prints a count of `outcomes` (sorted by name here), called `what`, and
+/// the problems of each failed one; returns the names of those.
+pub fn report_outcomes(outcomes: &mut [CaseOutcome], what: &str, elapsed: Duration) -> Vec<String> {
+    outcomes.sort_by(|a, b| a.name.cmp(&b.name));
+    let failed: Vec<&CaseOutcome> = outcomes.iter().filter(|o| !o.problems.is_empty()).collect();
+    println!(
+        "\n{} {what} in {:.0?}: {} match, {} fail",
+        outcomes.len(),
+        elapsed,
+        outcomes.len() - failed.len(),
+        failed.len()
+    );
+    for outcome in &failed {
+        println!("\n=== {} ===", outcome.name);
+        for problem in &outcome.problems {
+            println!("{problem}");
+        }
+    }
+    failed.iter().map(|o| o.name.clone()).collect()
+}
+
+/// What is wrong with kiln's image of `case`: differences from the
+/// oracle's (when the case has one and both builds worked) and from
+/// `expected.json`, and either build's failure.
+pub fn case_problems(
+    case: &Case,
+    kiln: &Result<ImageView>,
+    oracle: Option<&Result<ImageView>>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    match (kiln, oracle) {
+        (Err(e), _) => problems.push(format!("kiln failed: {e:#}")),
+        (Ok(kiln), Some(Ok(oracle))) => {
+            let comparison = oracle
+                .compare(kiln, ("buildah", "kiln"))
+                .excluding(case.oracle_divergences.keys());
+            if !comparison.is_match() {
+                problems.push(format!("differs from buildah:\n{comparison}"));
+            }
+        }
+        _ => {}
+    }
+    if let Some(Err(e)) = oracle {
+        problems.push(format!("buildah (the oracle) failed: {e:#}"));
+    }
+    if let (Ok(kiln), Some(expected)) = (kiln, &case.expected) {
+        match check_expected(kiln, expected) {
+            Ok(found) if found.is_empty() => {}
+            Ok(found) => problems.push(format!(
+                "differs from expected.json:\n  {}",
+                found.join("\n  ")
+            )),
+            Err(e) => problems.push(format!("expected.json is invalid: {e:#}")),
+        }
+    }
+    problems
+}
+
+/// kiln's error lines, or the end of its log when it printed none.
+pub fn kiln_error_lines(stderr: &str) -> String {
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("ERRO") || line.starts_with("FATA"))
+        .collect();
+    if errors.is_empty() {
+        let lines: Vec<&str> = stderr.lines().collect();
+        lines[lines.len().saturating_sub(8)..].join("\n")
+    } else {
+        errors.join("\n")
     }
 }
 

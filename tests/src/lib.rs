@@ -10,6 +10,8 @@ mod buildah;
 mod cases;
 mod command;
 mod compare;
+pub mod container_root;
+pub mod containerd;
 mod context;
 mod credentials;
 mod expected;
@@ -24,7 +26,10 @@ mod wire;
 
 pub use base::{APP_ID, BaseImage, add_data_files, busybox_rootfs};
 pub use buildah::{BuildSpec, Buildah, mounts_under};
-pub use cases::{Case, TAR_OWNER};
+pub use cases::{
+    Case, CaseOutcome, CasePlan, CaseRun, CaseServices, CaseWorker, TAR_OWNER, case_problems,
+    kiln_error_lines, report_outcomes, run_cases, select_cases,
+};
 pub use compare::{
     CONFIG_FIELDS, Comparison, ImageView, Node, NodeKind, Tree, compare_images, config_view,
     diff_configs, diff_trees,
