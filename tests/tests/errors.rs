@@ -101,3 +101,32 @@ fn missing_base_image_is_not_found() -> Result<()> {
     assert!(out.stderr.contains("library/nothing"), "{}", out.stderr);
     Ok(())
 }
+
+#[test]
+fn a_destination_that_refuses_pushes_stops_the_build_before_its_first_run() -> Result<()> {
+    let registry = Registry::start()?;
+    let base = BaseImage::busybox()?.push(&registry, "library/busybox:latest")?;
+    let context = BuildContext::with_dockerfile(&format!(
+        "FROM {base}\nLABEL checked=while-starting\nRUN echo must-not-run\n"
+    ))?;
+    let out = run_kiln(
+        [
+            "build",
+            "--context",
+            &context.path().display().to_string(),
+            "--destination",
+            "127.0.0.1:1/nowhere:latest",
+            "--insecure-registry",
+            &registry.addr(),
+            "--insecure-registry",
+            "127.0.0.1:1",
+            "--push-retry",
+            "0",
+        ],
+        &[],
+    )?;
+    out.ensure_failure()?;
+    assert!(out.stderr.contains("127.0.0.1:1"), "{}", out.stderr);
+    assert!(!out.all().contains("Running:"), "{}", out.all());
+    Ok(())
+}

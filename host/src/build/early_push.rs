@@ -1,10 +1,12 @@
-//! Layers on their way to the registry while the build goes on: each layer
-//! a step of the target's stage chain writes is uploaded to every
-//! destination in the background, so pushing the image at the end only
-//! checks that the blobs are there and puts the manifest.
+//! Pushing that starts before the build ends. kaniko's push-permission
+//! check runs while the build starts, and is awaited before the first step
+//! that does real work. Each layer a step of the target's stage chain
+//! writes is uploaded to every destination in the background, so pushing
+//! the image at the end only checks that the blobs are there and puts the
+//! manifest.
 
 use crate::image::manifest::Descriptor;
-use crate::registry::{Reference, Registry};
+use crate::registry::{Reference, Registry, RegistryError};
 use crate::store::Store;
 use std::sync::{Mutex, mpsc};
 use std::thread::JoinHandle;
@@ -62,6 +64,41 @@ impl EarlyPush {
         let worker = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(worker) = worker {
             let _ = worker.join();
+        }
+    }
+}
+
+/// The push-permission check, running in the background.
+pub struct PushCheck {
+    running: Mutex<Option<JoinHandle<Result<(), RegistryError>>>>,
+}
+
+impl PushCheck {
+    /// Starts checking that every destination accepts our pushes.
+    pub fn start(registry: Registry, destinations: Vec<Reference>) -> PushCheck {
+        let running = std::thread::spawn(move || {
+            destinations
+                .iter()
+                .try_for_each(|dest| registry.check_push_permission(dest))
+        });
+        PushCheck {
+            running: Mutex::new(Some(running)),
+        }
+    }
+
+    /// Waits for the check and returns its failure; later calls return
+    /// at once.
+    pub fn wait(&self) -> Result<(), RegistryError> {
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match running {
+            Some(check) => check
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            None => Ok(()),
         }
     }
 }

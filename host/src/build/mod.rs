@@ -22,7 +22,7 @@ use crate::plugin::{self, Kind, Limits, Plugin, Runtime, wit};
 use crate::registry::{Registry, RegistryOptions};
 use crate::store::Store;
 use container_root::{ContainerRoot, ContainerRootOptions};
-use early_push::EarlyPush;
+use early_push::{EarlyPush, PushCheck};
 use stage::{Stage, StageCtx};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -448,12 +448,10 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
 
     let registry = Registry::new(opts.registry.clone())?;
     let destinations = output::parse_destinations(&opts.destinations)?;
-    if opts.push_permission_check && !opts.no_push {
-        // As kaniko does: fail before a long build rather than at its end.
-        for dest in &destinations {
-            registry.check_push_permission(dest)?;
-        }
-    }
+    // As kaniko does: fail before a long build rather than at its end;
+    // the check runs while the build starts, and steps wait for it.
+    let push_check = (opts.push_permission_check && !opts.no_push)
+        .then(|| PushCheck::start(registry.clone(), destinations.clone()));
     let caching = match &opts.cache {
         Some(c) => {
             let layers = LayerCache::new(c.repo.clone(), registry.clone(), store.clone(), c.ttl);
@@ -586,6 +584,7 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
     let sctx = StageCtx {
         container_root: container_root.as_ref(),
         early_push: early_push.as_ref(),
+        push_check: push_check.as_ref(),
         cache: caching.as_ref(),
         http: &http,
         store: &store,
@@ -655,6 +654,9 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
     }
     let mut final_stage = finished[target].take().expect("the target stage was built");
     final_stage.finish(opts);
+    if let Some(check) = &push_check {
+        check.wait()?;
+    }
     if let Some(uploads) = &early_push {
         uploads.finish();
     }

@@ -3,7 +3,7 @@
 
 use super::caching::{self, Caching};
 use super::container_root::ContainerRoot;
-use super::early_push::EarlyPush;
+use super::early_push::{EarlyPush, PushCheck};
 use super::fs::{self as imagefs, Copy, Owner};
 use super::mounts;
 use super::plan::{self, FromRef};
@@ -43,6 +43,8 @@ pub struct StageCtx<'a> {
     pub container_root: Option<&'a ContainerRoot>,
     /// Uploads the image's new layers while the build goes on.
     pub early_push: Option<&'a EarlyPush>,
+    /// The push-permission check, awaited before a step does real work.
+    pub push_check: Option<&'a PushCheck>,
 }
 
 /// A layer of the image being built.
@@ -302,6 +304,11 @@ impl Stage {
                 log::info!("No cached layer found for cmd {}", instr.original);
             }
             store_key = Some((key, allowed));
+        }
+        if let Some(check) = sctx.push_check
+            && outcome.effects.iter().any(caching::is_fs)
+        {
+            check.wait()?;
         }
         let mut step: Option<Step> = self.pending.take();
         // --use-new-run narrows the snapshot to what a RUN touched, which

@@ -96,8 +96,12 @@ pub(super) fn route(opts: &RegistryOptions, registry: &str, dir: Direction) -> R
 pub(super) struct TlsMaterial {
     cas: HashMap<PathBuf, Vec<Certificate<'static>>>,
     clients: HashMap<(PathBuf, PathBuf), ClientCert>,
-    /// The CAs of `SSL_CERT_FILE` and `SSL_CERT_DIR`, trusted everywhere.
-    environment: Vec<Certificate<'static>>,
+    /// The CAs of `SSL_CERT_FILE` and `SSL_CERT_DIR`, trusted everywhere;
+    /// read on the first verified connection, since a directory of them
+    /// costs milliseconds that builds against plain-HTTP registries need not pay.
+    environment: std::sync::OnceLock<Vec<Certificate<'static>>>,
+    /// `SSL_CERT_FILE` and `SSL_CERT_DIR` as kiln found them.
+    environment_vars: (Option<std::ffi::OsString>, Option<std::ffi::OsString>),
 }
 
 /// The CAs in `file` (`SSL_CERT_FILE`) and in the files of `dirs`
@@ -192,9 +196,9 @@ impl TlsMaterial {
     /// Reads every CA file and client certificate the options name.
     pub(super) fn load(opts: &RegistryOptions) -> Result<TlsMaterial, BadPem> {
         let mut m = TlsMaterial {
-            environment: environment_cas(
-                std::env::var_os("SSL_CERT_FILE").as_deref(),
-                std::env::var_os("SSL_CERT_DIR").as_deref(),
+            environment_vars: (
+                std::env::var_os("SSL_CERT_FILE"),
+                std::env::var_os("SSL_CERT_DIR"),
             ),
             ..TlsMaterial::default()
         };
@@ -222,12 +226,20 @@ impl TlsMaterial {
                     .as_ref()
                     .and_then(|pair| self.clients.get(pair).cloned()),
             );
-        if !choice.extra_cas.is_empty() || !self.environment.is_empty() {
+        let environment: &[Certificate<'static>] = if choice.skip_verify {
+            &[]
+        } else {
+            self.environment.get_or_init(|| {
+                let (file, dirs) = &self.environment_vars;
+                environment_cas(file.as_deref(), dirs.as_deref())
+            })
+        };
+        if !choice.extra_cas.is_empty() || !environment.is_empty() {
             let mut roots: Vec<Certificate<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
                 .iter()
                 .map(|c| Certificate::from_der(c.as_ref()))
                 .collect();
-            roots.extend(self.environment.iter().cloned());
+            roots.extend(environment.iter().cloned());
             for path in &choice.extra_cas {
                 roots.extend(self.cas.get(path).into_iter().flatten().cloned());
             }
