@@ -148,6 +148,14 @@ pub fn alternate(
     mut peer: impl FnMut() -> Result<f64>,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
     let (mut ks, mut ps) = (Vec::new(), Vec::new());
+    let mut kiln = || {
+        settle();
+        kiln()
+    };
+    let mut peer = || {
+        settle();
+        peer()
+    };
     for run in 0..runs {
         let (k, p) = if run % 2 == 0 {
             let k = kiln()?;
@@ -164,6 +172,13 @@ pub fn alternate(
         ps.push(p);
     }
     Ok((ks, ps))
+}
+
+/// Writes back dirty pages (of generated inputs, of the previous
+/// measurement's output) so that a measurement does not pay for them: an
+/// overlay unmount, for one, syncs the whole upper filesystem.
+pub fn settle() {
+    rustix::fs::sync();
 }
 
 /// Seconds that `f` takes.

@@ -4,7 +4,7 @@
 //! every file, which the note reports as the time of a `find` stat walk.
 
 use super::data;
-use crate::{Config, Report, median, time, time_command};
+use crate::{Config, Report, median, settle, time, time_command};
 use anyhow::{Context, Result};
 use kiln::layer::WriteOptions;
 use kiln::sandbox::overlay::mount_overlay;
@@ -66,6 +66,7 @@ pub fn run(cfg: &Config) -> Result<()> {
             for i in 0..cfg.runs {
                 let step = scratch.path().join(format!("step-{i}"));
                 fs::create_dir(&step)?;
+                settle();
                 let s = (mode.run)(&lower, &step, i % 2 == 0)
                     .with_context(|| format!("{bench}, run {}", i + 1))?;
                 let walk = stat_walk(&lower)?;

@@ -564,23 +564,30 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
         log::info!("Skipping unused stage {}", plan::stage_label(p));
     }
     let waves = plan::waves(&plans, &need).map_err(BuildError::Plan)?;
-    let early_push = (!opts.no_push && !opts.destinations.is_empty()).then(|| {
-        let base_of: Vec<Option<usize>> = plans
-            .iter()
-            .map(
-                |p| match plan::resolve_from(&p.base, &names[..p.index], p.index) {
-                    Ok(plan::FromRef::Stage(i)) => Some(i),
-                    _ => None,
-                },
+    // With a registry layer cache, the cache pushers already upload every
+    // new layer during the build, and the image's push mounts them from
+    // there: uploading them to the destination too would send them twice.
+    let cache_uploads = caching
+        .as_ref()
+        .is_some_and(|c| c.pusher.is_some() && c.layers.layer_source().is_some());
+    let early_push =
+        (!opts.no_push && !opts.destinations.is_empty() && !cache_uploads).then(|| {
+            let base_of: Vec<Option<usize>> = plans
+                .iter()
+                .map(
+                    |p| match plan::resolve_from(&p.base, &names[..p.index], p.index) {
+                        Ok(plan::FromRef::Stage(i)) => Some(i),
+                        _ => None,
+                    },
+                )
+                .collect();
+            EarlyPush::start(
+                registry.clone(),
+                destinations.clone(),
+                store.clone(),
+                early_push::image_chain(target, &base_of),
             )
-            .collect();
-        EarlyPush::start(
-            registry.clone(),
-            destinations.clone(),
-            store.clone(),
-            early_push::image_chain(target, &base_of),
-        )
-    });
+        });
     let sctx = StageCtx {
         container_root: container_root.as_ref(),
         early_push: early_push.as_ref(),
@@ -660,6 +667,11 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
     if let Some(uploads) = &early_push {
         uploads.finish();
     }
+    // Cache pushes ran alongside the build; they finish before the image's
+    // push, which mounts their layers, and a failed one is only a warning.
+    if let Some(pusher) = caching.as_ref().and_then(|c| c.pusher.as_ref()) {
+        pusher.finish();
+    }
     let outcome = output::write(&sctx, &final_stage);
     if opts.cleanup {
         match &container_root {
@@ -669,11 +681,6 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
             }
             None => log::info!("--cleanup: nothing to clean, isolated mode leaves / untouched"),
         }
-    }
-    // Cache pushes ran alongside the build; they finish before kiln exits,
-    // and a failed one is only a warning.
-    if let Some(pusher) = caching.and_then(|c| c.pusher) {
-        pusher.finish();
     }
     // While `store` is open, this build's registration keeps what it used.
     crate::store::gc::after_build(&opts.kiln_dir, opts.store_max_size);

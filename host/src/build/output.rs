@@ -158,12 +158,22 @@ pub fn write(sctx: &StageCtx<'_>, stage: &Stage) -> Result<Outcome, BuildError> 
             blobs: blobs.clone(),
             source: Some(&fetch),
         };
+        // The cache pushers have put the build's new layers in a registry
+        // cache repository, if there is one.
+        let cache_repo = sctx
+            .cache
+            .filter(|c| c.pusher.is_some())
+            .and_then(|c| c.layers.layer_source());
         let push_opts = PushOptions {
-            // Base layers can be mounted from the repository they were pulled from.
+            // Base layers can be mounted from the repository they were
+            // pulled from, new ones from the cache.
             mount_from: stage
                 .layers
                 .iter()
-                .filter_map(|l| Some((l.desc.digest.clone(), l.source.clone()?)))
+                .filter_map(|l| {
+                    let from = l.source.clone().or_else(|| cache_repo.clone())?;
+                    Some((l.desc.digest.clone(), from))
+                })
                 .collect(),
             ignore_immutable_tag_errors: opts.push_ignore_immutable_tag_errors,
         };

@@ -588,8 +588,8 @@ type Job = (Digest, CachedStep);
 
 /// Writes cache images on background threads while the build goes on.
 pub struct CachePusher {
-    queue: Option<mpsc::SyncSender<Job>>,
-    workers: Vec<thread::JoinHandle<Vec<String>>>,
+    queue: Mutex<Option<mpsc::SyncSender<Job>>>,
+    workers: Mutex<Vec<thread::JoinHandle<Vec<String>>>>,
     repo: String,
 }
 
@@ -620,15 +620,22 @@ impl CachePusher {
             })
             .collect();
         CachePusher {
-            queue: Some(tx),
-            workers,
+            queue: Mutex::new(Some(tx)),
+            workers: Mutex::new(workers),
             repo,
         }
     }
 
     /// Queues `step` for caching under `key`; waits while the queue is full.
     pub fn push(&self, key: Digest, step: CachedStep) {
-        let Some(queue) = &self.queue else { return };
+        let Some(queue) = self
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        else {
+            return;
+        };
         if queue.send((key.clone(), step)).is_err() {
             log::warn!(
                 "Failed to push cache layer {key} to {}: the cache pushers have stopped",
@@ -638,11 +645,18 @@ impl CachePusher {
     }
 
     /// Waits for every queued push and logs each failure as a warning;
-    /// returns how many failed.
-    pub fn finish(mut self) -> usize {
-        self.queue = None;
+    /// returns how many failed. Later pushes are dropped.
+    pub fn finish(&self) -> usize {
+        drop(
+            self.queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        let workers =
+            std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
         let mut failed = 0;
-        for worker in std::mem::take(&mut self.workers) {
+        for worker in workers {
             match worker.join() {
                 Ok(failures) => {
                     for f in &failures {

@@ -153,6 +153,23 @@ fn mount_with_fs_context(
             );
         }
     }
+    // A step's upper dir becomes a layer or is thrown away, never mounted
+    // again, so overlayfs need not sync the whole filesystem when it is
+    // unmounted: without this, a snapshot waits for every dirty page of the
+    // disk. A work dir that served a volatile mount keeps a marker that
+    // makes overlayfs refuse it; the marker only guards against reusing a
+    // possibly unsynced upper dir after a crash, and ours are kiln's own.
+    let marker = work.join("work/incompat/volatile");
+    if marker.exists() {
+        std::fs::remove_dir_all(&marker)
+            .map_err(|e| format!("cannot reuse work directory {}: {e}", work.display()))?;
+    }
+    if let Err(e) = rustix::mount::fsconfig_set_flag(&fs, "volatile") {
+        log::debug!(
+            "overlayfs does not take volatile ({e}): {}",
+            context_log(fs.as_fd())
+        );
+    }
     rustix::mount::fsconfig_create(&fs)
         .map_err(|e| explain("cannot create the overlay".to_owned(), e))?;
     let mnt = rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())
