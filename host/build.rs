@@ -1,7 +1,9 @@
 //! Builds the plugins workspace (`plugins/`) into WebAssembly components and
 //! tells the crate where they are: `env!("KILN_PLUGINS_DIR")` holds
 //! `dockerfile.wasm`, `context_dir.wasm`, `context_tar.wasm`, `template.wasm`,
-//! `spin.wasm` and `hog.wasm`.
+//! `spin.wasm` and `hog.wasm`. Also sets `KILN_WIT_PACKAGE` (the package
+//! `wit/plugin.wit` declares, `kiln:plugin@X.Y.Z`) and `KILN_GIT_COMMIT`
+//! (the commit built, or `unknown` outside a git checkout) for `kiln --version`.
 
 use std::env;
 use std::ffi::OsString;
@@ -27,26 +29,77 @@ const INHERITED_ENV: &[&str] = &[
 ];
 
 fn main() -> ExitCode {
-    match build_plugins() {
-        Ok(dir) => {
+    let built = build_plugins()
+        .map_err(|m| format!("building the kiln plugins failed: {m}"))
+        .and_then(|dir| Ok((dir, wit_package()?)));
+    match built {
+        Ok((dir, wit)) => {
             println!("cargo:rustc-env=KILN_PLUGINS_DIR={}", dir.display());
+            println!("cargo:rustc-env=KILN_WIT_PACKAGE={wit}");
+            println!("cargo:rustc-env=KILN_GIT_COMMIT={}", git_commit());
             ExitCode::SUCCESS
         }
         Err(message) => {
-            eprintln!("error: building the kiln plugins failed: {message}");
+            eprintln!("error: {message}");
             ExitCode::FAILURE
         }
     }
 }
 
-/// Builds the plugins and returns the directory of the `.wasm` files.
-fn build_plugins() -> Result<PathBuf, String> {
+/// The package `wit/plugin.wit` declares (`package kiln:plugin@0.1.0;`).
+fn wit_package() -> Result<String, String> {
+    let path = workspace_root()?.join("wit/plugin.wit");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("package "))
+        .and_then(|p| p.trim().strip_suffix(';'))
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{} declares no `package NAME@VERSION;`", path.display()))
+}
+
+/// The commit being built, abbreviated; `unknown` when git or the
+/// repository is not there (a source tarball).
+fn git_commit() -> String {
+    if let Ok(root) = workspace_root() {
+        // Rebuild the version string when HEAD or the branch it names moves.
+        let git_dir = root.join(".git");
+        let head = std::fs::read_to_string(git_dir.join("HEAD")).unwrap_or_default();
+        let branch = head.trim().strip_prefix("ref: ").map(str::to_owned);
+        for file in ["HEAD", "packed-refs"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(branch)
+        {
+            let path = git_dir.join(file);
+            if path.exists() {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
+        }
+    }
+    Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// The workspace root, the host crate's parent directory.
+fn workspace_root() -> Result<PathBuf, String> {
     let manifest_dir =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or("CARGO_MANIFEST_DIR is not set")?);
-    let root = manifest_dir
+    manifest_dir
         .parent()
-        .ok_or("the host crate has no parent directory")?
-        .to_path_buf();
+        .map(Path::to_path_buf)
+        .ok_or_else(|| "the host crate has no parent directory".to_owned())
+}
+
+/// Builds the plugins and returns the directory of the `.wasm` files.
+fn build_plugins() -> Result<PathBuf, String> {
+    let root = workspace_root()?;
     let plugins = root.join("plugins");
 
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");

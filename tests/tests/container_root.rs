@@ -1,8 +1,10 @@
 //! Issue 5's container-root mode, end to end: the statically linked kiln
 //! builds in a throwaway root directory without CAP_SYS_ADMIN (see
 //! `kiln_e2e::container_root`), as kaniko does in an unprivileged pod. The
-//! Dockerfile cases must give the same images as buildah under every
-//! `--snapshot-mode`; `--use-new-run`, `--single-snapshot`, `--force`,
+//! Dockerfile cases must give the same images as buildah: the filesystem
+//! (`fs-*`) cases under every `--snapshot-mode`, the others under the
+//! default one (naming modes in `KILN_SNAPSHOT_MODES` runs every case in
+//! them); `--use-new-run`, `--single-snapshot`, `--force`,
 //! `--ignore-path` and `--cleanup` do what kaniko's do; stages are wiped
 //! between; and outside a container kiln refuses to touch its root.
 //!
@@ -177,7 +179,15 @@ fn container_root_cases_match_buildah() -> Result<()> {
     let started = Instant::now();
     let run = run_cases(plan.phases, |case, worker| {
         let oracle = case.oracle.then(|| services.oracle(case, &worker.buildah));
-        modes
+        // The snapshot modes differ in how they tell what changed, which the
+        // filesystem cases exercise; every other case runs in the default.
+        let case_modes: &[&str] =
+            if case.name.starts_with("fs-") || modes.len() < SNAPSHOT_MODES.len() {
+                &modes
+            } else {
+                &modes[..1]
+            };
+        case_modes
             .iter()
             .map(|mode| {
                 let started = Instant::now();

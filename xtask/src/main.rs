@@ -4,12 +4,22 @@
 //! tests drive (registry, busybox, skopeo, umoci, htpasswd, buildah,
 //! debootstrap), builds kiln and its plugins, and runs every test of the
 //! workspace against that binary.
+//!
+//! `cargo xtask image --destination REF [--insecure-registry HOST]` builds
+//! the kiln container image with kiln itself (see `image.rs`).
+//!
+//! `cargo xtask bench [--smoke] [--case NAME] [--runs N] [--builders LIST]`
+//! builds a corpus of images with kiln, buildah and BuildKit, pushing to a
+//! local registry, and writes `BENCHMARKS.md` and `docs/bench-ratios.png`.
 
 use anyhow::{Context, Result, bail};
 use std::env;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+
+mod bench;
+mod image;
 
 /// Debian packages the end-to-end tests run, with what each provides.
 const TEST_PACKAGES: &[(&str, &str)] = &[
@@ -20,15 +30,30 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("apache2-utils", "htpasswd for the basic-auth registry"),
     ("buildah", "the oracle for the Dockerfile cases"),
     ("debootstrap", "the Debian base image of the test cases"),
+    ("faketime", "a fake clock for the reproducibility test"),
+    (
+        "musl-tools",
+        "the static kiln that container-root tests run",
+    ),
+    ("containerd", "runs the kiln image in the deploy tests"),
+    ("runc", "containerd's runtime"),
 ];
 
 /// The Rust target plugins are compiled for.
 const PLUGIN_TARGET: &str = "wasm32-wasip2";
+/// The target of the static kiln, which container-root tests run in a
+/// root directory that has nothing else.
+const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
 
 const USAGE: &str = "usage: cargo xtask test [-- <cargo test arguments>]
+       cargo xtask bench [--smoke] [--case NAME]... [--runs N] [--builders LIST] [--no-micro]
 
-  test   install the test tools (apt), build kiln and its plugins, and run
-         `cargo test --workspace` with KILN_BIN and KILN_PLUGINS_DIR set";
+  test   install the test tools (apt), build kiln (also static, for musl) and
+         its plugins, and run `cargo test --workspace` with KILN_BIN,
+         KILN_STATIC_BIN and KILN_PLUGINS_DIR set
+  bench  install the peers (apt), build kiln in release mode, and time whole
+         builds of the benchmark corpus by kiln, buildah and BuildKit (see
+         `cargo xtask bench --help`)";
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = env::args_os().skip(1).collect();
@@ -51,8 +76,10 @@ fn run(args: &[OsString]) -> Result<ExitCode> {
             };
             test(cargo_args)
         }
+        Some((command, rest)) if command == "bench" => bench::run(rest),
+        Some((command, rest)) if command == "image" => image::run(rest),
         Some((command, _)) if command == "help" || command == "--help" || command == "-h" => {
-            println!("{USAGE}");
+            println!("{USAGE}\n       {}", image::USAGE);
             Ok(ExitCode::SUCCESS)
         }
         Some((command, _)) => bail!("unknown command {command:?}\n\n{USAGE}"),
@@ -61,7 +88,7 @@ fn run(args: &[OsString]) -> Result<ExitCode> {
 }
 
 fn test(cargo_args: &[OsString]) -> Result<ExitCode> {
-    ensure_packages()?;
+    ensure_packages(TEST_PACKAGES)?;
     ensure_rust_target()?;
     let root = workspace_root();
     let target_dir = target_dir(&root)?;
@@ -78,11 +105,25 @@ fn test(cargo_args: &[OsString]) -> Result<ExitCode> {
             kiln_bin.display()
         );
     }
+    ensure_target(STATIC_TARGET)?;
+    let mut build_static = cargo(&root);
+    build_static.args([
+        "build",
+        "-p",
+        "kiln",
+        "--bin",
+        "kiln",
+        "--target",
+        STATIC_TARGET,
+    ]);
+    run_checked(&mut build_static)?;
+    let static_bin = target_dir.join(STATIC_TARGET).join("debug/kiln");
     let plugins_dir = target_dir
         .join("plugins")
         .join(PLUGIN_TARGET)
         .join("release");
     println!("KILN_BIN={}", kiln_bin.display());
+    println!("KILN_STATIC_BIN={}", static_bin.display());
     println!("KILN_PLUGINS_DIR={}", plugins_dir.display());
 
     // The plugins' pure logic is tested natively, in its own workspace.
@@ -102,6 +143,7 @@ fn test(cargo_args: &[OsString]) -> Result<ExitCode> {
     test.args(["test", "--workspace"])
         .args(cargo_args)
         .env("KILN_BIN", &kiln_bin)
+        .env("KILN_STATIC_BIN", &static_bin)
         .env("KILN_PLUGINS_DIR", &plugins_dir);
     let status = test.status().context("cannot run `cargo test`")?;
     Ok(match status.code() {
@@ -111,10 +153,11 @@ fn test(cargo_args: &[OsString]) -> Result<ExitCode> {
     })
 }
 
-/// Installs the missing test packages with apt, saying what it installs.
-fn ensure_packages() -> Result<()> {
+/// Installs the missing `packages` (name, purpose) with apt, saying what it
+/// installs.
+fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
     let mut missing = Vec::new();
-    for (package, purpose) in TEST_PACKAGES {
+    for (package, purpose) in packages {
         if !is_installed(package)? {
             println!("xtask: installing {package} ({purpose})");
             missing.push(*package);
@@ -145,11 +188,17 @@ fn is_installed(package: &str) -> Result<bool> {
     Ok(output.status.success() && output.stdout == b"install ok installed")
 }
 
+/// Adds the plugins' Rust target with rustup if it is missing.
 fn ensure_rust_target() -> Result<()> {
+    ensure_target(PLUGIN_TARGET)
+}
+
+/// Adds the Rust target `wanted` with rustup unless it is installed.
+fn ensure_target(wanted: &str) -> Result<()> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
-        .context("cannot run rustup: the plugins need the wasm32-wasip2 target")?;
+        .with_context(|| format!("cannot run rustup, which must add the target {wanted}"))?;
     if !installed.status.success() {
         bail!(
             "`rustup target list --installed` failed: {}",
@@ -158,14 +207,15 @@ fn ensure_rust_target() -> Result<()> {
     }
     if String::from_utf8_lossy(&installed.stdout)
         .lines()
-        .any(|line| line.trim() == PLUGIN_TARGET)
+        .any(|line| line.trim() == wanted)
     {
         return Ok(());
     }
-    println!("xtask: adding the Rust target {PLUGIN_TARGET}");
-    run_checked(Command::new("rustup").args(["target", "add", PLUGIN_TARGET]))
+    println!("xtask: adding the Rust target {wanted}");
+    run_checked(Command::new("rustup").args(["target", "add", wanted]))
 }
 
+/// The workspace root, the parent of this crate.
 fn workspace_root() -> PathBuf {
     let xtask = Path::new(env!("CARGO_MANIFEST_DIR"));
     xtask.parent().unwrap_or(xtask).to_owned()
@@ -199,6 +249,7 @@ fn cargo(root: &Path) -> Command {
     cmd
 }
 
+/// Runs `cmd`, failing unless it exits 0.
 fn run_checked(cmd: &mut Command) -> Result<()> {
     let status = cmd
         .status()

@@ -2,12 +2,15 @@
 //! Isolated mode snapshots the overlay's upper dir, so its cost should not
 //! grow with the rootfs; a full-filesystem snapshotter must at least stat
 //! every file, which the note reports as the time of a `find` stat walk.
+//! Container-root mode is such a snapshotter: its parallel stat walk, diff
+//! and layer are measured against that `find` walk alone.
 
 use super::data;
 use crate::{Config, Report, median, settle, time, time_command};
 use anyhow::{Context, Result};
-use kiln::layer::WriteOptions;
+use kiln::layer::{Change, Exclusions, WriteOptions, write_changes};
 use kiln::sandbox::overlay::mount_overlay;
+use kiln::snapshot::scan::{SnapshotMode, diff, scan};
 use kiln::snapshot::{prune_unchanged_dirs, snapshot_upper};
 use kiln::store::Store;
 use std::fs;
@@ -36,11 +39,18 @@ struct Mode {
     run: fn(lower: &Path, scratch: &Path, kiln_first: bool) -> Result<Sample>,
 }
 
-const MODES: [Mode; 1] = [Mode {
-    name: "isolated",
-    peer: "tar -c <upper> | gzip -6",
-    run: isolated,
-}];
+const MODES: [Mode; 2] = [
+    Mode {
+        name: "isolated",
+        peer: "tar -c <upper> | gzip -6",
+        run: isolated,
+    },
+    Mode {
+        name: "container-root",
+        peer: "find <rootfs> -printf (a stat walk alone)",
+        run: container_root,
+    },
+];
 
 /// File counts of the rootfs.
 fn sizes(cfg: &Config) -> &'static [usize] {
@@ -162,6 +172,71 @@ fn isolated(lower: &Path, scratch: &Path, kiln_first: bool) -> Result<Sample> {
             ("write layer", write_secs),
         ],
     })
+}
+
+/// Container-root mode: the rootfs is the live root. The walk before the
+/// step is not timed (the previous step's snapshot made it); kiln's time is
+/// the walk after the step, the diff (`--snapshot-mode=full`, so racy files
+/// are hashed) and the layer of the changes. The peer is a `find` stat walk
+/// of the same tree, what any snapshotter of a live root pays at least.
+fn container_root(lower: &Path, scratch: &Path, kiln_first: bool) -> Result<Sample> {
+    let store = Store::open(&scratch.join("kiln"))?;
+    let exclude = Exclusions::NONE;
+    let (before_secs, before) = time(|| Ok(scan(lower, &exclude, true)?))?;
+    let changed = lower.join("d0000/written-by-the-step");
+    fs::write(&changed, "one change\n")?;
+    let result = (|| {
+        let peer_first = if kiln_first {
+            None
+        } else {
+            Some(stat_walk(lower)?)
+        };
+        let (kiln, ((walk_secs, after), (diff_secs, _), (write_secs, blob))) = time(|| {
+            let walked = time(|| Ok(scan(lower, &exclude, true)?))?;
+            let diffed = time(|| {
+                let changes = diff(&before, &walked.1, SnapshotMode::Full, None);
+                Ok(changes
+                    .present
+                    .into_iter()
+                    .map(|p| (p, Change::Present))
+                    .chain(changes.deleted.into_iter().map(|p| (p, Change::Deleted)))
+                    .collect::<Vec<_>>())
+            })?;
+            let written = time(|| {
+                Ok(write_changes(
+                    lower,
+                    &diffed.1,
+                    &store,
+                    &WriteOptions::default(),
+                )?)
+            })?;
+            Ok((walked, diffed, written))
+        })?;
+        let blob = blob.context("the snapshot found no change")?;
+        anyhow::ensure!(
+            after.len() == before.len() + 1,
+            "the walk after the step saw {} paths, expected {}",
+            after.len(),
+            before.len() + 1
+        );
+        let peer = match peer_first {
+            Some(p) => p,
+            None => stat_walk(lower)?,
+        };
+        Ok(Sample {
+            kiln,
+            peer,
+            layer_bytes: blob.size,
+            phases: vec![
+                ("walk before the step (not in kiln's time)", before_secs),
+                ("walk", walk_secs),
+                ("diff", diff_secs),
+                ("write layer", write_secs),
+            ],
+        })
+    })();
+    fs::remove_file(&changed)?;
+    result
 }
 
 /// Seconds a `find` walk that stats every file of `root` takes.

@@ -77,6 +77,11 @@ pub fn own_paths(opts: &Options, context_dir: Option<&Path>) -> Vec<PathBuf> {
         .flatten()
         .map(absolute)
         .collect();
+    // kaniko's debug image keeps its shell in /busybox, outside the image
+    // being built; so does kiln's.
+    if Path::new("/busybox").is_dir() {
+        own.push(PathBuf::from("/busybox"));
+    }
     own.extend(
         opts.cache
             .as_ref()

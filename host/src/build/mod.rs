@@ -484,7 +484,13 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
             );
             Some(ContainerRoot::new(PathBuf::from("/"), exclude, cr))
         }
-        _ => None,
+        (Ok(()), _) => {
+            log::info!(
+                "Building in isolated mode: each step runs in its own namespaces on an overlay"
+            );
+            None
+        }
+        (Err(_), None) => None,
     };
     let frontend = Frontend {
         rt: &rt,

@@ -524,6 +524,11 @@ impl Plugin {
             store,
             stderr,
             bindings,
+            timeout: if policy.stdin {
+                STDIN_WAIT
+            } else {
+                self.limits.timeout
+            },
         })
     }
 
@@ -564,7 +569,15 @@ struct ContextSession<'p> {
     store: Store<CallState>,
     stderr: MemoryOutputPipe,
     bindings: bindings::context::ContextPlugin,
+    /// Each call's wall-clock limit: the plugin's, or [`STDIN_WAIT`] when
+    /// it reads kiln's standard input.
+    timeout: Duration,
 }
+
+/// How long a call that reads kiln's standard input may wait for it: the
+/// producer (`kubectl run -i` attaching, a slow upload) sets the pace, not
+/// the plugin, whose CPU use fuel still bounds.
+const STDIN_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 impl ContextSession<'_> {
     fn call<R>(
@@ -572,8 +585,7 @@ impl ContextSession<'_> {
         f: impl FnOnce(&bindings::context::ContextPlugin, &mut Store<CallState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         // Each call gets the full time and fuel budget.
-        self.store
-            .set_epoch_deadline(ticks(self.plugin.limits.timeout));
+        self.store.set_epoch_deadline(ticks(self.timeout));
         self.store
             .set_fuel(self.plugin.limits.fuel)
             .map_err(|e| PluginError::Load {

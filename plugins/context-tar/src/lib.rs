@@ -1,8 +1,9 @@
 //! kiln's `tar://` context source: a tar archive (plain, gzip or zstd) on the
 //! host, streamed to the host as it is read; the host unpacks it.
 //!
-//! The host grants a read-only preopen of the archive's parent directory at
-//! the same absolute path. A relative path is resolved against `PWD` when the
+//! `tar://stdin` reads kiln's standard input, which the host grants to this
+//! call alone. For a file, the host grants a read-only preopen of the
+//! archive's parent directory at the same absolute path. A relative path is resolved against `PWD` when the
 //! host sets it (its own working directory), else WASI resolves it against
 //! the preopens.
 
@@ -27,10 +28,7 @@ impl ContextSource for TarSource {
             )));
         }
         let path = match archive_path(&url) {
-            Ok(Archive::Stdin) => {
-                return Err(PluginError::new("tar://stdin is not supported yet")
-                    .with_hint("write the archive to a file and pass tar:///path/to/ctx.tar.gz"));
-            }
+            Ok(Archive::Stdin) => return Ok(Opened::Tar(Box::new(std::io::stdin()))),
             Ok(Archive::File(path)) => resolve(path),
             Err(message) => {
                 return Err(PluginError::new(message)
