@@ -32,10 +32,8 @@ const SNAPSHOT_MODES: [&str; 3] = ["full", "redo", "time"];
 /// Cases that use what container-root mode cannot do, and the Dockerfile
 /// flag that needs it: it runs RUN directly on its own root, where it can
 /// neither mount (`RUN --mount`) nor make a network namespace
-/// (`--network=none`), and it has no layer apart from that root to put a
-/// `COPY --link` in.
-const UNSUPPORTED: [(&str, &str); 4] = [
-    ("copy-link", "--link"),
+/// (`--network=none`).
+const UNSUPPORTED: [(&str, &str); 3] = [
     ("run-mount-bind", "--mount"),
     ("run-mount-cache-tmpfs", "--mount"),
     ("run-network-none", "--network=none"),

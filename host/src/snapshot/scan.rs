@@ -172,17 +172,23 @@ fn changed(old: &Stat, new: &Stat, mode: SnapshotMode, since: Option<Stamp>) -> 
 /// counts as changed only if its mtime or ctime is at or after `since`.
 pub fn diff(old: &Index, new: &Index, mode: SnapshotMode, since: Option<Stamp>) -> Changes {
     let mut out = Changes::default();
+    let mut kept = 0;
     for (path, n) in &new.entries {
-        match old.entries.get(path) {
-            None => out.present.push(path.clone()),
-            Some(o) if changed(o, n, mode, since) => out.present.push(path.clone()),
-            Some(o) if mode == SnapshotMode::Full && o.digest.is_some() && n.is_file() => {
-                out.ambiguous.push(path.clone())
-            }
-            Some(_) => {}
+        let Some(o) = old.entries.get(path) else {
+            out.present.push(path.clone());
+            continue;
+        };
+        kept += 1;
+        if changed(o, n, mode, since) {
+            out.present.push(path.clone());
+        } else if mode == SnapshotMode::Full && o.digest.is_some() && n.is_file() {
+            out.ambiguous.push(path.clone());
         }
     }
-    for path in old.entries.keys() {
+    // Most steps delete nothing: then every old path was found above, and
+    // looking each up again is the walk's most expensive part.
+    let deletions = old.entries.len() > kept;
+    for path in old.entries.keys().filter(|_| deletions) {
         if new.entries.contains_key(path) {
             continue;
         }
