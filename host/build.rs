@@ -1,7 +1,9 @@
 //! Builds the plugins workspace (`plugins/`) into WebAssembly components and
 //! tells the crate where they are: `env!("KILN_PLUGINS_DIR")` holds
-//! `dockerfile.wasm`, `context_dir.wasm`, `context_tar.wasm`, `template.wasm`,
-//! `spin.wasm` and `hog.wasm`. Also sets `KILN_WIT_PACKAGE` (the package
+//! `dockerfile.wasm`, the context sources (`context_dir.wasm`,
+//! `context_tar.wasm`, `context_remote.wasm`, `context_git.wasm`),
+//! `template.wasm`, and the test plugins `spin.wasm`, `hog.wasm` and
+//! `sneaky.wasm`. Also sets `KILN_WIT_PACKAGE` (the package
 //! `wit/plugin.wit` declares, `kiln:plugin@X.Y.Z`) and `KILN_GIT_COMMIT`
 //! (the commit built, or `unknown` outside a git checkout) for `kiln --version`.
 

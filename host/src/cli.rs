@@ -266,6 +266,12 @@ pub struct BuildArgs {
     /// Read the build context from standard input (`--context=tar://stdin`).
     #[arg(short = 'i', long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true")]
     pub interactive: bool,
+    /// Use this directory inside the context as the context.
+    #[arg(long)]
+    pub context_sub_path: Option<String>,
+    /// Options for git contexts: branch=NAME,single-branch=BOOL,recurse-submodules=BOOL,insecure-skip-tls=BOOL.
+    #[arg(long)]
+    pub git: Vec<String>,
     #[command(flatten)]
     pub not_yet: NotYet,
 }
@@ -282,27 +288,21 @@ pub enum SnapshotModeArg {
 /// the build before it starts.
 #[derive(Debug, Args)]
 pub struct NotYet {
-    #[arg(long, hide = true)]
-    context_sub_path: Option<String>,
     #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     compressed_caching: Option<String>,
     #[arg(long, hide = true)]
     image_fs_extract_retry: Option<String>,
-    #[arg(long, hide = true)]
-    git: Option<String>,
 }
 
 impl NotYet {
     /// The first unimplemented flag the user gave, as `--name`.
     pub fn first_given(&self) -> Option<&'static str> {
-        let flags: [(&'static str, bool); 4] = [
-            ("--context-sub-path", self.context_sub_path.is_some()),
+        let flags: [(&'static str, bool); 2] = [
             ("--compressed-caching", self.compressed_caching.is_some()),
             (
                 "--image-fs-extract-retry",
                 self.image_fs_extract_retry.is_some(),
             ),
-            ("--git", self.git.is_some()),
         ];
         flags
             .into_iter()
@@ -516,10 +516,16 @@ mod tests {
             parse(&["--compressed-caching=false"]).not_yet.first_given(),
             Some("--compressed-caching")
         );
-        assert_eq!(
-            parse(&["--context-sub-path", "sub"]).not_yet.first_given(),
-            Some("--context-sub-path")
-        );
+        let b = parse(&[
+            "--context-sub-path",
+            "sub",
+            "--git",
+            "branch=x",
+            "--git=a=b,c=d",
+        ]);
+        assert_eq!(b.not_yet.first_given(), None);
+        assert_eq!(b.context_sub_path.as_deref(), Some("sub"));
+        assert_eq!(b.git, vec!["branch=x", "a=b,c=d"]);
         assert_eq!(parse(&["--use-new-run"]).not_yet.first_given(), None);
     }
 

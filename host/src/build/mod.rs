@@ -64,6 +64,8 @@ pub struct Options {
     /// directory, then the context, as kaniko does.
     pub dockerfile: PathBuf,
     pub context: String,
+    /// `--context-sub-path` and `--git`.
+    pub context_options: context::ContextOptions,
     pub destinations: Vec<String>,
     pub no_push: bool,
     pub oci_layout_path: Option<PathBuf>,
@@ -232,7 +234,7 @@ impl BuildError {
 }
 
 /// The built-in plugins, compiled to components by the build script.
-const BUILTIN_PLUGINS: [(&str, &[u8]); 3] = [
+const BUILTIN_PLUGINS: [(&str, &[u8]); 5] = [
     (
         "dockerfile",
         include_bytes!(concat!(env!("KILN_PLUGINS_DIR"), "/dockerfile.wasm")),
@@ -245,13 +247,40 @@ const BUILTIN_PLUGINS: [(&str, &[u8]); 3] = [
         "context-tar",
         include_bytes!(concat!(env!("KILN_PLUGINS_DIR"), "/context_tar.wasm")),
     ),
+    (
+        "context-remote",
+        include_bytes!(concat!(env!("KILN_PLUGINS_DIR"), "/context_remote.wasm")),
+    ),
+    (
+        "context-git",
+        include_bytes!(concat!(env!("KILN_PLUGINS_DIR"), "/context_git.wasm")),
+    ),
 ];
+
+/// The limits of a built-in plugin. Network sources wait on servers, and
+/// the git source fetches and unpacks a whole pack in one call, so they get
+/// minutes where the others get seconds; memory stays capped.
+fn builtin_limits(name: &str) -> Limits {
+    let minutes = |m: u64| std::time::Duration::from_secs(60 * m);
+    match name {
+        "context-remote" => Limits {
+            timeout: minutes(10),
+            ..Limits::default()
+        },
+        "context-git" => Limits {
+            timeout: minutes(30),
+            fuel: u64::MAX / 4,
+            ..Limits::default()
+        },
+        _ => Limits::default(),
+    }
+}
 
 /// Loads the built-in plugins, then the user's.
 pub fn load_plugins(rt: &Runtime, user: &[PathBuf]) -> Result<Vec<Plugin>, BuildError> {
     let mut plugins = Vec::new();
     for (name, wasm) in BUILTIN_PLUGINS {
-        plugins.push(rt.load(name, wasm, Limits::default())?);
+        plugins.push(rt.load(name, wasm, builtin_limits(name))?);
     }
     for path in user {
         let wasm = std::fs::read(path).map_err(|source| BuildError::PluginFile {
@@ -426,7 +455,7 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
     let plugins = load_plugins(&rt, &opts.plugins)?;
     let handlers = keyword_table(&plugins)?;
 
-    let mut ctx = context::open(&opts.context, &plugins, &rt, &store)?;
+    let mut ctx = context::open(&opts.context, &opts.context_options, &plugins, &rt, &store)?;
     let dockerfile_path = locate_dockerfile(opts, &ctx)?;
     ctx.use_dockerfile_ignore(&dockerfile_path)?;
     let ctx = Arc::new(ctx);

@@ -52,6 +52,25 @@ pub fn uri_encode(s: &str, keep_slash: bool) -> String {
     out
 }
 
+/// Seconds since the epoch as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+pub fn http_date(secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    // `YYYY-MM-DDTHH:MM:SSZ`, reordered.
+    let iso = crate::image::config::rfc3339(secs);
+    let month: usize = iso[5..7].parse().unwrap_or(1);
+    format!(
+        "{}, {} {} {} {} GMT",
+        DAYS[(secs / 86_400 % 7) as usize],
+        &iso[8..10],
+        MONTHS[month - 1],
+        &iso[..4],
+        &iso[11..19]
+    )
+}
+
 /// HMAC-SHA256 of `data` under `key`.
 fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
@@ -70,6 +89,12 @@ mod tests {
         assert_eq!(uri_encode("a b/c~d_e.f-g", true), "a%20b/c~d_e.f-g");
         assert_eq!(uri_encode("a/b+c=d", false), "a%2Fb%2Bc%3Dd");
         assert_eq!(uri_encode("\u{e4}", true), "%C3%A4");
+    }
+
+    #[test]
+    fn http_dates_match_rfc_9110s_example() {
+        assert_eq!(http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
     }
 
     #[test]

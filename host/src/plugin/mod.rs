@@ -8,6 +8,7 @@
 
 pub mod bindings;
 mod cache;
+mod net;
 
 use bindings::instruction::kiln::plugin::{host, logging, types};
 use std::path::{Path, PathBuf};
@@ -18,9 +19,11 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceAny, ResourceTable
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 pub use bindings::instruction::kiln::plugin::instruction_types as wit;
 pub use host::{FileKind as HostFileKind, FileStat as HostFileStat};
+pub use net::{NetPolicy, Signer, authority};
 pub use types::{KeyValue, PluginError as WitError};
 
 /// Plugin failures, each naming the plugin.
@@ -40,6 +43,15 @@ pub enum PluginError {
     OutOfFuel { plugin: String },
     #[error("plugin {plugin} exceeded its memory limit of {limit_mib} MiB and was stopped")]
     OutOfMemory { plugin: String, limit_mib: usize },
+    #[error(
+        "plugin {plugin} tried to reach {tried}, which its sandbox does not allow (it may reach {})",
+        if allowed.is_empty() { "no host".to_owned() } else { allowed.join(", ") }
+    )]
+    NetworkRefused {
+        plugin: String,
+        tried: String,
+        allowed: Vec<String>,
+    },
     #[error("plugin {plugin} crashed: {message}")]
     Trap { plugin: String, message: String },
     #[error("{plugin}: {message}{}", hint.as_ref().map(|h| format!(" (hint: {h})")).unwrap_or_default())]
@@ -90,7 +102,14 @@ pub struct Policy {
     pub read_dirs: Vec<Preopen>,
     /// kiln's own standard input (`tar://stdin`); no other call reads it.
     pub stdin: bool,
+    /// The hosts the call may reach over `wasi:http`, and who signs.
+    pub net: NetPolicy,
+    /// A writable, empty directory, seen by the plugin at [`SCRATCH_GUEST`].
+    pub scratch: Option<PathBuf>,
 }
+
+/// Where a plugin finds its scratch directory (also in `KILN_SCRATCH`).
+pub const SCRATCH_GUEST: &str = "/scratch";
 
 /// How often the epoch advances; deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -152,6 +171,18 @@ struct CallState {
     table: ResourceTable,
     limiter: MemoryCap,
     host: Option<Box<dyn HandlerHost>>,
+    http: WasiHttpCtx,
+    net: net::NetHooks,
+}
+
+impl WasiHttpView for CallState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.net,
+        }
+    }
 }
 
 struct MemoryCap {
@@ -288,6 +319,10 @@ impl Runtime {
             |s| s,
         )
         .map_err(link_err)?;
+        // Only context sources may use the network; the policy of each call
+        // says where to.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut context_linker)
+            .map_err(link_err)?;
 
         Ok(Runtime {
             engine,
@@ -388,6 +423,17 @@ impl Runtime {
                     message: format!("cannot grant read access to {}: {e}", dir.host.display()),
                 })?;
         }
+        if let Some(scratch) = &policy.scratch {
+            wasi.preopened_dir(scratch, SCRATCH_GUEST, FsPerms::ReadWrite)
+                .map_err(|e| PluginError::Load {
+                    plugin: plugin.name.clone(),
+                    message: format!(
+                        "cannot grant the scratch directory {}: {e}",
+                        scratch.display()
+                    ),
+                })?;
+            wasi.env("KILN_SCRATCH", SCRATCH_GUEST);
+        }
         let state = CallState {
             plugin: plugin.name.clone(),
             wasi: wasi.build(),
@@ -397,6 +443,11 @@ impl Runtime {
                 hit: false,
             },
             host,
+            http: WasiHttpCtx::new(),
+            net: net::NetHooks {
+                policy: policy.net.clone(),
+                refused: Default::default(),
+            },
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -546,7 +597,7 @@ impl Plugin {
             b.kiln_plugin_context_source()
                 .call_open(store, url, options)
         })?;
-        match opened.map_err(|e| self.reported(e))? {
+        match opened.map_err(|e| session.reported(e))? {
             bindings::context::exports::kiln::plugin::context_source::Opened::Directory(d) => {
                 Ok(Opened::Directory(PathBuf::from(d)))
             }
@@ -592,8 +643,26 @@ impl ContextSession<'_> {
                 plugin: self.plugin.name.clone(),
                 message: e.to_string(),
             })?;
-        f(&self.bindings, &mut self.store)
-            .map_err(|e| classify(self.plugin, &self.store, &self.stderr, e))
+        f(&self.bindings, &mut self.store).map_err(|e| {
+            self.refusal()
+                .unwrap_or_else(|| classify(self.plugin, &self.store, &self.stderr, e))
+        })
+    }
+
+    /// The plugin's own error, unless the sandbox refused it something:
+    /// then that is the cause, whatever the plugin made of it.
+    fn reported(&self, e: types::PluginError) -> PluginError {
+        self.refusal().unwrap_or_else(|| self.plugin.reported(e))
+    }
+
+    fn refusal(&self) -> Option<PluginError> {
+        let net = &self.store.data().net;
+        let refused = net.refused.lock().unwrap_or_else(|e| e.into_inner());
+        refused.first().map(|tried| PluginError::NetworkRefused {
+            plugin: self.plugin.name.clone(),
+            tried: tried.clone(),
+            allowed: net.policy.allowed.clone(),
+        })
     }
 }
 
@@ -629,7 +698,7 @@ impl std::io::Read for TarStream<'_> {
                         .call_read(store, stream, READ_CHUNK)
                 })
                 .map_err(std::io::Error::other)?
-                .map_err(|e| std::io::Error::other(self.session.plugin.reported(e)))?;
+                .map_err(|e| std::io::Error::other(self.session.reported(e)))?;
             self.done = chunk.is_empty();
             self.pending = chunk;
             self.pos = 0;

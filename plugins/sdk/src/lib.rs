@@ -45,6 +45,8 @@
 pub mod bindings;
 mod context;
 pub mod host;
+#[cfg(target_arch = "wasm32")]
+pub mod http;
 mod instruction;
 mod logging;
 

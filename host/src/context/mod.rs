@@ -1,6 +1,8 @@
 //! Build contexts: a `--context` URL goes to the plugin that claims its
 //! scheme, and comes back as a directory tree the host reads natively.
 
+pub mod remote;
+
 use crate::dockerfile::Ignore;
 use crate::layer::apply::{UnpackOptions, Whiteouts, unpack};
 use crate::plugin::{self, Kind, Opened, Plugin, Policy, Preopen, Runtime};
@@ -21,6 +23,12 @@ pub enum ContextError {
     },
     #[error(transparent)]
     Plugin(#[from] plugin::PluginError),
+    #[error(transparent)]
+    Remote(#[from] remote::RemoteError),
+    #[error("--context-sub-path {path:?} {reason}")]
+    SubPath { path: String, reason: String },
+    #[error("--git applies to git:// contexts only, and --context is {url:?}")]
+    GitOptionsWithoutGit { url: String },
     #[error("context directory {path} does not exist or is not a directory: check --context")]
     NotADirectory { path: PathBuf },
     #[error("cannot unpack context archive from {url}: {message}")]
@@ -68,6 +76,36 @@ pub fn check_stdin(
         (true, _) if stdin_is_terminal => Err(ContextError::StdinIsTerminal),
         (false, true) => Err(ContextError::InteractiveWithoutStdin { url: url.into() }),
         _ => Ok(()),
+    }
+}
+
+/// How to open a context besides its URL.
+#[derive(Clone, Debug, Default)]
+pub struct ContextOptions {
+    /// `--context-sub-path`: the context is this directory inside what the
+    /// URL names.
+    pub sub_path: Option<String>,
+    /// `--git` options (`key=value[,key=value]`).
+    pub git: Vec<String>,
+}
+
+/// The hosts a user plugin's URL names: its `host:port`, or both the
+/// http and https ports when it names none.
+fn user_plugin_net(url: &str) -> plugin::NetPolicy {
+    let rest = url.split_once("://").map_or("", |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = host.to_ascii_lowercase();
+    let allowed = match host.rsplit_once(':') {
+        _ if host.is_empty() => Vec::new(),
+        Some((_, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !port.is_empty() => {
+            vec![host]
+        }
+        _ => vec![format!("{host}:443"), format!("{host}:80")],
+    };
+    plugin::NetPolicy {
+        allowed,
+        signer: None,
     }
 }
 
@@ -135,12 +173,19 @@ fn absolute(path: &str) -> Result<PathBuf, ContextError> {
 /// Opens `url` through its plugin and returns the context tree.
 pub fn open(
     url: &str,
+    opts: &ContextOptions,
     plugins: &[Plugin],
     rt: &Runtime,
     store: &Store,
 ) -> Result<ContextTree, ContextError> {
     let (scheme, rest) = split_url(url);
     let plugin = plugin_for(plugins, &scheme, url)?;
+    if !opts.git.is_empty() && scheme != "git" {
+        return Err(ContextError::GitOptionsWithoutGit { url: url.into() });
+    }
+    let mut options = Vec::new();
+    // Lives until the archive is unpacked: the plugin's working space.
+    let mut scratch = None;
     // Local paths are made absolute here so the plugin sees the same path
     // the host grants it, whatever the working directory.
     let mut policy = Policy::default();
@@ -161,31 +206,91 @@ pub fn open(
             }
             format!("tar://{}", file.display())
         }
-        _ => url.to_owned(),
+        _ => {
+            let env = |k: &str| std::env::var(k).ok();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            match remote::resolve(&scheme, url, &opts.git, &env, now)? {
+                Some(r) => {
+                    log::info!("Fetching the build context from {}", r.url);
+                    policy.net = r.net;
+                    options = r.options;
+                    if r.scratch {
+                        let dir = store.temp_dir("context-scratch-")?;
+                        policy.scratch = Some(dir.path().to_owned());
+                        scratch = Some(dir);
+                    }
+                    r.url
+                }
+                None => {
+                    policy.net = user_plugin_net(url);
+                    url.to_owned()
+                }
+            }
+        }
     };
-    log::debug!("opening context {url} with plugin {}", plugin.name());
-    match plugin.open_context(rt, &url, &[], &policy)? {
+    log::debug!(
+        "opening context {url} with plugin {} (network: {:?})",
+        plugin.name(),
+        policy.net
+    );
+    let tree = match plugin.open_context(rt, &url, &options, &policy)? {
         Opened::Directory(dir) => {
             if !dir.is_dir() {
                 return Err(ContextError::NotADirectory { path: dir });
             }
-            ContextTree::new(dir, None)
+            ContextTree::new(sub_dir(dir, opts)?, None)
         }
         Opened::Tar(stream) => {
             let tmp = store.temp_dir("context-")?;
-            let opts = UnpackOptions {
+            let unpack_opts = UnpackOptions {
                 whiteouts: Whiteouts::Reject,
                 preserve_owners: false,
                 lowers: Vec::new(),
                 exclude: Default::default(),
             };
-            unpack(stream, tmp.path(), &opts).map_err(|e| ContextError::Unpack {
+            unpack(stream, tmp.path(), &unpack_opts).map_err(|e| ContextError::Unpack {
                 url: url.clone(),
                 message: e.to_string(),
             })?;
-            ContextTree::new(tmp.path().to_owned(), Some(tmp))
+            ContextTree::new(sub_dir(tmp.path().to_owned(), opts)?, Some(tmp))
+        }
+    };
+    drop(scratch);
+    tree
+}
+
+/// The directory `--context-sub-path` names inside `root`.
+fn sub_dir(root: PathBuf, opts: &ContextOptions) -> Result<PathBuf, ContextError> {
+    let Some(sub) = &opts.sub_path else {
+        return Ok(root);
+    };
+    let bad = |reason: &str| ContextError::SubPath {
+        path: sub.clone(),
+        reason: reason.into(),
+    };
+    let clean = clean_relative(sub).ok_or_else(|| bad("climbs out of the context"))?;
+    let dir = root.join(clean);
+    // A symlink could lead anywhere on the host: the sub path must be a
+    // real directory of the context.
+    let md = fs::symlink_metadata(&dir).map_err(|_| bad("does not exist in the context"))?;
+    if !md.is_dir() {
+        return Err(bad("is not a directory in the context"));
+    }
+    let mut at = root.clone();
+    for c in dir
+        .strip_prefix(&root)
+        .unwrap_or(Path::new(""))
+        .components()
+    {
+        at.push(c);
+        if fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(bad("passes through a symlink"));
         }
     }
+    log::info!("Using {sub} inside the context as the context");
+    Ok(dir)
 }
 
 /// Cleans a context-relative path; `None` if it climbs out of the root.
