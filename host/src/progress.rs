@@ -38,6 +38,36 @@ pub enum Verb {
     Pull,
     /// From the store to a registry.
     Push,
+    /// A build context, from wherever its URL points.
+    Fetch,
+}
+
+/// What travels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Subject {
+    /// A blob, by digest.
+    Blob(Digest),
+    /// The build context, whose size is known only at the end.
+    Context,
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Blob(d) => write!(f, "blob {d}"),
+            Subject::Context => f.write_str("the build context"),
+        }
+    }
+}
+
+impl Subject {
+    /// The name at the start of a bar.
+    fn short(&self) -> &str {
+        match self {
+            Subject::Blob(d) => &d.hex()[..SHORT_HEX],
+            Subject::Context => "context",
+        }
+    }
 }
 
 impl Verb {
@@ -45,6 +75,7 @@ impl Verb {
         match self {
             Verb::Pull => "Pulling",
             Verb::Push => "Pushing",
+            Verb::Fetch => "Fetching",
         }
     }
 
@@ -52,6 +83,7 @@ impl Verb {
         match self {
             Verb::Pull => "Pulled",
             Verb::Push => "Pushed",
+            Verb::Fetch => "Fetched",
         }
     }
 }
@@ -121,7 +153,8 @@ pub struct Transfer {
 
 struct Shared {
     verb: Verb,
-    digest: Digest,
+    subject: Subject,
+    /// Bytes in all; 0 while unknown (a context).
     total: u64,
     done: AtomicU64,
     /// Quarters already logged, without a terminal.
@@ -136,16 +169,29 @@ impl Transfer {
         if total <= THRESHOLD {
             return Transfer { shared: None };
         }
+        Transfer::show(verb, Subject::Blob(digest.clone()), total)
+    }
+
+    /// Starts showing the download of the build context, whatever its
+    /// size: it is known only once the last byte is in.
+    pub fn context() -> Transfer {
+        Transfer::show(Verb::Fetch, Subject::Context, 0)
+    }
+
+    fn show(verb: Verb, subject: Subject, total: u64) -> Transfer {
         let shared = Arc::new(Shared {
             verb,
-            digest: digest.clone(),
+            subject,
             total,
             done: AtomicU64::new(0),
             quarters: AtomicU8::new(0),
             start: Instant::now(),
         });
         match mode() {
-            Mode::Lines => log::info!("{}", start_line(verb, digest, total)),
+            // An unknown size makes a start line say nothing the caller's
+            // own line does not; the completion line gives the size.
+            Mode::Lines if total == 0 => {}
+            Mode::Lines => log::info!("{}", start_line(verb, &shared.subject, total)),
             Mode::Bars => {
                 let mut board = board();
                 board.bars.push(Arc::clone(&shared));
@@ -178,9 +224,14 @@ impl Transfer {
     pub fn finish(mut self) {
         if let Some(s) = self.shared.take() {
             remove_bar(&s);
+            // A context's size is what came through.
+            let total = match s.total {
+                0 => s.done.load(Ordering::Relaxed),
+                t => t,
+            };
             log::info!(
                 "{}",
-                done_line(s.verb, &s.digest, s.total, s.start.elapsed())
+                done_line(s.verb, &s.subject, total, s.start.elapsed())
             );
         }
     }
@@ -216,7 +267,7 @@ impl Shared {
                         "{}",
                         quarter_line(
                             self.verb,
-                            &self.digest,
+                            &self.subject,
                             q,
                             done,
                             self.total,
@@ -283,7 +334,7 @@ impl Board {
         for s in self.bars.iter().take(BARS_MAX) {
             out.push_str(&bar_line(
                 s.verb,
-                &s.digest,
+                &s.subject,
                 s.done.load(Ordering::Relaxed),
                 s.total,
                 now.saturating_duration_since(s.start),
@@ -377,21 +428,21 @@ fn terminal_width() -> usize {
 }
 
 /// `Pulling blob sha256:… (120.0 MiB)`.
-fn start_line(verb: Verb, digest: &Digest, total: u64) -> String {
-    format!("{} blob {digest} ({})", verb.ongoing(), format_size(total))
+fn start_line(verb: Verb, subject: &Subject, total: u64) -> String {
+    format!("{} {subject} ({})", verb.ongoing(), format_size(total))
 }
 
 /// `Pulling blob sha256:…: 50% (60.0 MiB of 120.0 MiB, 37.5 MiB/s)`.
 fn quarter_line(
     verb: Verb,
-    digest: &Digest,
+    subject: &Subject,
     quarter: u8,
     done: u64,
     total: u64,
     elapsed: Duration,
 ) -> String {
     format!(
-        "{} blob {digest}: {}% ({} of {}, {})",
+        "{} {subject}: {}% ({} of {}, {})",
         verb.ongoing(),
         u32::from(quarter) * 25,
         format_size(done),
@@ -401,9 +452,9 @@ fn quarter_line(
 }
 
 /// `Pulled blob sha256:… (120.0 MiB in 3.2s, 37.5 MiB/s)`.
-fn done_line(verb: Verb, digest: &Digest, total: u64, elapsed: Duration) -> String {
+fn done_line(verb: Verb, subject: &Subject, total: u64, elapsed: Duration) -> String {
     format!(
-        "{} blob {digest} ({} in {}, {})",
+        "{} {subject} ({} in {}, {})",
         verb.done(),
         format_size(total),
         format_duration(elapsed),
@@ -415,14 +466,18 @@ fn done_line(verb: Verb, digest: &Digest, total: u64, elapsed: Duration) -> Stri
 /// `0123456789ab Pushing [=====>    ] 45.0 MiB/120.0 MiB 37.5 MiB/s ETA 2s`.
 fn bar_line(
     verb: Verb,
-    digest: &Digest,
+    subject: &Subject,
     done: u64,
     total: u64,
     elapsed: Duration,
     width: usize,
 ) -> String {
+    let label = format!("{} {}", subject.short(), verb.ongoing());
+    if total == 0 {
+        let stats = format!("{} {}", format_size(done), format_rate(done, elapsed));
+        return fit(format!("{label} {stats}"), width);
+    }
     let done = done.min(total);
-    let label = format!("{} {}", &digest.hex()[..SHORT_HEX], verb.ongoing());
     let mut stats = format!(
         "{}/{} {}",
         format_size(done),
@@ -527,6 +582,10 @@ mod tests {
         Digest::of(b"layer")
     }
 
+    fn blob() -> Subject {
+        Subject::Blob(digest())
+    }
+
     #[test]
     fn sizes_use_binary_units() {
         assert_eq!(format_size(0), "0 B");
@@ -591,14 +650,15 @@ mod tests {
     #[test]
     fn plain_lines_name_the_blob_size_and_throughput() {
         let d = digest();
+        let b = blob();
         assert_eq!(
-            start_line(Verb::Pull, &d, 120 * MIB),
+            start_line(Verb::Pull, &b, 120 * MIB),
             format!("Pulling blob {d} (120.0 MiB)")
         );
         assert_eq!(
             quarter_line(
                 Verb::Push,
-                &d,
+                &b,
                 2,
                 100 * MIB,
                 200 * MIB,
@@ -607,8 +667,17 @@ mod tests {
             format!("Pushing blob {d}: 50% (100.0 MiB of 200.0 MiB, 25.0 MiB/s)")
         );
         assert_eq!(
-            done_line(Verb::Pull, &d, 120 * MIB, Duration::from_millis(3200)),
+            done_line(Verb::Pull, &b, 120 * MIB, Duration::from_millis(3200)),
             format!("Pulled blob {d} (120.0 MiB in 3.2s, 37.5 MiB/s)")
+        );
+        assert_eq!(
+            done_line(
+                Verb::Fetch,
+                &Subject::Context,
+                200 * MIB,
+                Duration::from_secs(4)
+            ),
+            "Fetched the build context (200.0 MiB in 4.0s, 50.0 MiB/s)"
         );
     }
 
@@ -618,8 +687,10 @@ mod tests {
         assert_eq!(bar_cells_text(50, 100, 10), "=====>    ");
         assert_eq!(bar_cells_text(100, 100, 10), "==========");
         assert_eq!(bar_cells_text(0, 0, 4), "====");
-        let d = digest();
-        let short = &d.hex()[..12];
+        let d = blob();
+        let raw = digest();
+        let hex = raw.hex();
+        let short = &hex[..12];
         let line = bar_line(
             Verb::Push,
             &d,
@@ -650,6 +721,16 @@ mod tests {
         let narrow = bar_line(Verb::Pull, &d, MIB, 120 * MIB, Duration::ZERO, 40);
         assert_eq!(narrow.len(), 39);
         assert!(narrow.starts_with(&format!("{short} Pulling 1.0 MiB/")));
+        // A context's size is unknown until the end: no bar, no ETA.
+        let context = bar_line(
+            Verb::Fetch,
+            &Subject::Context,
+            30 * MIB,
+            0,
+            Duration::from_secs(3),
+            80,
+        );
+        assert_eq!(context, "context Fetching 30.0 MiB 10.0 MiB/s");
     }
 
     #[test]
@@ -658,7 +739,7 @@ mod tests {
         let bar = |done| {
             Arc::new(Shared {
                 verb: Verb::Pull,
-                digest: digest(),
+                subject: blob(),
                 total: 100 * MIB,
                 done: AtomicU64::new(done),
                 quarters: AtomicU8::new(0),
@@ -692,7 +773,7 @@ mod tests {
         let t = Transfer {
             shared: Some(Arc::new(Shared {
                 verb: Verb::Pull,
-                digest: digest(),
+                subject: blob(),
                 total: 100 * MIB,
                 done: AtomicU64::new(0),
                 quarters: AtomicU8::new(0),

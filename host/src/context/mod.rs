@@ -250,10 +250,13 @@ pub fn open(
                 lowers: Vec::new(),
                 exclude: Default::default(),
             };
-            unpack(stream, tmp.path(), &unpack_opts).map_err(|e| ContextError::Unpack {
+            let transfer = crate::progress::Transfer::context();
+            let counted = crate::progress::Counted::new(stream, &transfer);
+            unpack(counted, tmp.path(), &unpack_opts).map_err(|e| ContextError::Unpack {
                 url: url.clone(),
                 message: e.to_string(),
             })?;
+            transfer.finish();
             ContextTree::new(sub_dir(tmp.path().to_owned(), opts)?, Some(tmp))
         }
     };
