@@ -6,6 +6,7 @@ use super::fs::CopySource;
 use super::plan::{self, FromRef};
 use super::stage::{Others, Stage, StageCtx};
 use crate::cache::base::BaseCache;
+use crate::cache::file_digests::FileDigests;
 use crate::cache::key::{self, CopyInput, StepInput};
 use crate::cache::sources::digest_sources;
 use crate::cache::store::{CachePusher, LayerCache};
@@ -24,6 +25,8 @@ pub struct Caching {
     pub run_layers: bool,
     /// `--cache-copy-layers`.
     pub copy_layers: bool,
+    /// Digests of large context files, kept across builds.
+    pub file_digests: FileDigests,
 }
 
 /// True for the effects that change the filesystem and so make a step.
@@ -59,6 +62,7 @@ pub fn step_key(
     effects: &[wit::Effect],
 ) -> Result<Option<Digest>, BuildError> {
     let mut k = stage.key.clone();
+    let memo = sctx.cache.map(|c| &c.file_digests);
     for effect in effects.iter().filter(|e| is_fs(e)) {
         let next = match effect {
             wit::Effect::Run(run) => {
@@ -78,7 +82,7 @@ pub fn step_key(
                             let source = m.source.clone().unwrap_or_else(|| "/".into());
                             let ctx = CopySource::Context(&sctx.context);
                             Some(
-                                digest_sources(&ctx, &[source], "/", false, &[])
+                                digest_sources(&ctx, &[source], "/", false, &[], memo)
                                     .map_err(cache_err)?,
                             )
                         }
@@ -106,7 +110,7 @@ pub fn step_key(
                     None => {
                         let ctx = CopySource::Context(&sctx.context);
                         (
-                            digest_sources(&ctx, &c.sources, &c.dest, c.parents, &c.excludes)
+                            digest_sources(&ctx, &c.sources, &c.dest, c.parents, &c.excludes, memo)
                                 .map_err(cache_err)?,
                             None,
                         )
@@ -131,7 +135,8 @@ pub fn step_key(
                 key::step_key(&k, &StepInput::Copy(input))
             }
             wit::Effect::Add(a) => {
-                let is_url = |s: &String| s.starts_with("http://") || s.starts_with("https://");
+                // Downloads and git sources: keyed by URL only with a checksum.
+                let is_url = |s: &String| super::fs::source_kind(s) != super::fs::SourceKind::Local;
                 let urls: Vec<&String> = a.sources.iter().filter(|s| is_url(s)).collect();
                 let checksum = match (&a.checksum, urls.is_empty()) {
                     (_, true) => None,
@@ -143,9 +148,19 @@ pub fn step_key(
                 let sources = if local.is_empty() {
                     Digest::of(b"")
                 } else {
-                    digest_sources(&ctx, &local, &a.dest, false, &a.excludes).map_err(cache_err)?
+                    digest_sources(&ctx, &local, &a.dest, false, &a.excludes, memo)
+                        .map_err(cache_err)?
                 };
-                let url_keys: Vec<Digest> = urls.iter().map(|u| Digest::of(u.as_bytes())).collect();
+                // `--keep-git-dir` changes what a git source adds.
+                let url_keys: Vec<Digest> = urls
+                    .iter()
+                    .map(|u| match (super::fs::source_kind(u), a.keep_git_dir) {
+                        (super::fs::SourceKind::Git, true) => {
+                            Digest::of(format!("{u}\0keep-git-dir").as_bytes())
+                        }
+                        _ => Digest::of(u.as_bytes()),
+                    })
+                    .collect();
                 let input = CopyInput {
                     sources: &sources,
                     dest: &a.dest,

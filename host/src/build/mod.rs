@@ -13,6 +13,7 @@ mod scope;
 mod stage;
 
 use crate::cache::base::BaseCache;
+use crate::cache::file_digests::FileDigests;
 use crate::cache::store::{CachePusher, CacheRepo, LayerCache};
 use crate::context::{self, ContextTree};
 use crate::dockerfile::{self, Instruction};
@@ -448,6 +449,9 @@ const PROXY_ARGS: [&str; 10] = [
     "all_proxy",
 ];
 
+/// The table of large context files' digests, in the kiln directory.
+const FILE_DIGESTS: &str = "file-digests";
+
 /// Runs a whole build and writes its outputs.
 pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
     let store = Store::open(&opts.kiln_dir)?;
@@ -497,6 +501,7 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
                 ttl: c.ttl,
                 run_layers: c.run_layers,
                 copy_layers: c.copy_layers,
+                file_digests: FileDigests::open(&opts.kiln_dir.join(FILE_DIGESTS)),
             })
         }
         None => None,
@@ -629,6 +634,8 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
         push_check: push_check.as_ref(),
         cache: caching.as_ref(),
         http: &http,
+        plugins: &plugins,
+        rt: &rt,
         store: &store,
         registry: &registry,
         opts,
@@ -704,8 +711,14 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
     }
     // Cache pushes ran alongside the build; they finish before the image's
     // push, which mounts their layers, and a failed one is only a warning.
-    if let Some(pusher) = caching.as_ref().and_then(|c| c.pusher.as_ref()) {
-        pusher.finish();
+    if let Some(c) = &caching {
+        if let Some(pusher) = &c.pusher {
+            pusher.finish();
+        }
+        // Only a cache: a later build reads the files again.
+        if let Err(e) = c.file_digests.save() {
+            log::debug!("cannot save the file digest table: {e}");
+        }
     }
     let outcome = output::write(&sctx, &final_stage);
     if opts.cleanup {

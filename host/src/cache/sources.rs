@@ -4,6 +4,7 @@
 //! link target and content. Modification times are left out, so touching
 //! a file does not invalidate the cache; content is streamed, never held.
 
+use super::file_digests::FileDigests;
 use crate::build::FsError;
 use crate::build::fs::{CopySource, Planned, copied_xattrs, plan_copy};
 use crate::digest::{Digest, HashingWriter};
@@ -32,17 +33,20 @@ pub enum SourcesError {
 /// copies from `source`. Files from the context count as owned by root,
 /// which is what the copy gives them; files from a root filesystem keep
 /// their owners. `dest` is covered too, so the digest stands on its own.
+/// Large files' content digests come from, and go to, `memo`.
 pub fn digest_sources(
     source: &CopySource<'_>,
     sources: &[String],
     dest: &str,
     parents: bool,
     excludes: &[String],
+    memo: Option<&FileDigests>,
 ) -> Result<Digest, SourcesError> {
     let mut hasher = EntryHasher {
         out: HashingWriter::new(io::sink()),
         keeps_owners: source.keeps_owners(),
         links: HashMap::new(),
+        memo,
     };
     hasher.str(VERSION.as_bytes());
     hasher.str(dest.as_bytes());
@@ -58,7 +62,8 @@ pub fn digest_sources(
 }
 
 /// Streams the canonical encoding of each planned entry into a hash.
-struct EntryHasher {
+struct EntryHasher<'m> {
+    memo: Option<&'m FileDigests>,
     out: HashingWriter<io::Sink>,
     keeps_owners: bool,
     /// Files with several links, by (device, inode), and where the first
@@ -66,7 +71,7 @@ struct EntryHasher {
     links: HashMap<(u64, u64), PathBuf>,
 }
 
-impl EntryHasher {
+impl EntryHasher<'_> {
     fn raw(&mut self, b: &[u8]) {
         // A sink never fails, and the hash sees everything written.
         let _ = self.out.write_all(b);
@@ -140,10 +145,20 @@ impl EntryHasher {
             }
             self.links.insert(key, p.dest.to_owned());
         }
-        let mut file = File::open(p.host).map_err(io_at(p.host))?;
-        let mut content = HashingWriter::new(io::sink());
-        io::copy(&mut file, &mut content).map_err(io_at(p.host))?;
-        let (_, digest, _) = content.finish();
+        let digest = match self.memo.and_then(|m| m.get(p.md)) {
+            Some(digest) => digest,
+            None => {
+                let started = std::time::SystemTime::now();
+                let mut file = File::open(p.host).map_err(io_at(p.host))?;
+                let mut content = HashingWriter::new(io::sink());
+                io::copy(&mut file, &mut content).map_err(io_at(p.host))?;
+                let (_, digest, _) = content.finish();
+                if let Some(memo) = self.memo {
+                    memo.remember(p.md, &digest, started);
+                }
+                digest
+            }
+        };
         self.raw(b"c");
         self.str(digest.as_str().as_bytes());
         Ok(())
@@ -201,7 +216,30 @@ mod tests {
     }
 
     fn digest(src: &CopySource<'_>, sources: &[&str], parents: bool, ex: &[&str]) -> Digest {
-        digest_sources(src, &strings(sources), "/app/", parents, &strings(ex)).unwrap()
+        digest_sources(src, &strings(sources), "/app/", parents, &strings(ex), None).unwrap()
+    }
+
+    #[test]
+    fn remembered_digests_of_large_files_stand_in_for_their_content() {
+        use super::super::file_digests::MIN_SIZE;
+        let f = Fixture::new(&[("small.txt", "s")]);
+        fs::write(f.path("big.bin"), vec![7u8; MIN_SIZE as usize]).unwrap();
+        let tree = ContextTree::new(f.dir.path().to_owned(), None).unwrap();
+        let src = CopySource::Context(&tree);
+        let memo = FileDigests::open(&f.dir.path().join("memo"));
+        let sources = strings(&["big.bin", "small.txt"]);
+        let read = digest_sources(&src, &sources, "/app/", false, &[], Some(&memo)).unwrap();
+        assert_eq!(read, f.context_digest(&["big.bin", "small.txt"], &[]));
+        // A file written just now is not trusted yet: still read.
+        let again = digest_sources(&src, &sources, "/app/", false, &[], Some(&memo)).unwrap();
+        assert_eq!(again, read);
+        // Once remembered, the digest is used without reading the file:
+        // a planted one shows through.
+        let md = fs::metadata(f.path("big.bin")).unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(10);
+        memo.remember(&md, &Digest::of(b"planted"), later);
+        let planted = digest_sources(&src, &sources, "/app/", false, &[], Some(&memo)).unwrap();
+        assert_ne!(planted, read);
     }
 
     fn set_mtime(path: &Path, secs: u64) {
@@ -324,9 +362,10 @@ mod tests {
         let kept = digest(&src, &["dir/c/d"], true, &[]);
         assert_ne!(flat, kept);
         let elsewhere =
-            digest_sources(&src, &strings(&["dir/c/d"]), "/other/", false, &[]).unwrap();
+            digest_sources(&src, &strings(&["dir/c/d"]), "/other/", false, &[], None).unwrap();
         assert_ne!(flat, elsewhere);
-        let err = digest_sources(&src, &strings(&["missing"]), "/app/", false, &[]).unwrap_err();
+        let err =
+            digest_sources(&src, &strings(&["missing"]), "/app/", false, &[], None).unwrap_err();
         assert!(err.to_string().contains("\"missing\" not found"), "{err}");
     }
 }
