@@ -250,6 +250,36 @@ fn http_tarball() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn a_user_plugin_adds_a_scheme() -> Result<()> {
+    let setup = Setup::new()?;
+    let tarball = setup.tarball("ctx.tar.gz", Compression::Gzip)?;
+    let server = FileServer::start(setup.scratch.path())?;
+    let name = tarball
+        .file_name()
+        .context("no file name")?
+        .to_string_lossy();
+    // The test plugin `sneaky` claims `sneaky://HOST/fetch?url=URL`; kiln
+    // lets it reach the host its URL names, here the file server.
+    let host = server.url().trim_start_matches("http://").to_owned();
+    let url = format!("sneaky://{host}/fetch?url={}/{name}", server.url());
+    let plugin = kiln_e2e::plugin_path("sneaky")?;
+    let plugin = plugin.display().to_string();
+    setup.build(&url, &["--plugin", &plugin], &[])?.check(
+        "a --plugin scheme",
+        &setup.context(),
+        &[],
+    )?;
+    let unknown = setup.build(&url, &[], &[])?;
+    unknown.out.ensure_failure()?;
+    let all = unknown.out.all();
+    assert!(
+        all.contains("unknown context scheme \"sneaky\"") && all.contains("s3://"),
+        "{all}"
+    );
+    Ok(())
+}
+
 // ---------------------------------------------------------------------- S3
 
 /// moto with the sample context at `s3://ctx-bucket/path/ctx.tar.gz`,
