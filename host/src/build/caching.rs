@@ -9,10 +9,16 @@ use crate::cache::base::BaseCache;
 use crate::cache::file_digests::FileDigests;
 use crate::cache::key::{self, CopyInput, StepInput};
 use crate::cache::sources::digest_sources;
-use crate::cache::store::{CachePusher, LayerCache};
+use crate::cache::store::{CacheError, CachePusher, CachedStep, LayerCache};
 use crate::digest::Digest;
 use crate::plugin::wit;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
+
+/// Lookups run at once when a stage's keys are known ahead; each is a
+/// manifest and a config request to the cache repository.
+const PREFETCH_THREADS: usize = 8;
 
 /// Everything `--cache` turns on, shared by the stages of one build.
 pub struct Caching {
@@ -27,6 +33,44 @@ pub struct Caching {
     pub copy_layers: bool,
     /// Digests of large context files, kept across builds.
     pub file_digests: FileDigests,
+    /// Lookups started before their steps, by key.
+    pub prefetched: Prefetched,
+}
+
+/// The outcome of one cache lookup.
+type Probed = Result<Option<CachedStep>, CacheError>;
+
+/// Cache lookups running ahead of the steps that will need them.
+#[derive(Default)]
+pub struct Prefetched {
+    slots: Mutex<HashMap<Digest, Arc<Slot>>>,
+}
+
+/// Where a lookup's outcome lands.
+#[derive(Default)]
+struct Slot {
+    outcome: Mutex<Option<Probed>>,
+    ready: Condvar,
+}
+
+impl Slot {
+    fn fill(&self, probed: Probed) {
+        *self.outcome.lock().unwrap_or_else(PoisonError::into_inner) = Some(probed);
+        self.ready.notify_all();
+    }
+
+    fn wait(&self) -> Probed {
+        let mut outcome = self.outcome.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(probed) = outcome.take() {
+                return probed;
+            }
+            outcome = self
+                .ready
+                .wait(outcome)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
 }
 
 /// True for the effects that change the filesystem and so make a step.
@@ -42,6 +86,56 @@ pub fn is_fs(e: &wit::Effect) -> bool {
 }
 
 impl Caching {
+    /// Starts looking up `keys` in the background, a few at a time in
+    /// order: in a warm rebuild every step hits, and its lookups overlap
+    /// instead of following one another.
+    pub fn prefetch(&self, keys: Vec<Digest>) {
+        let mut queue = VecDeque::new();
+        {
+            let mut slots = self
+                .prefetched
+                .slots
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for key in keys {
+                if !slots.contains_key(&key) {
+                    let slot = Arc::new(Slot::default());
+                    slots.insert(key.clone(), slot.clone());
+                    queue.push_back((key, slot));
+                }
+            }
+        }
+        let workers = queue.len().min(PREFETCH_THREADS);
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..workers {
+            let (queue, layers) = (queue.clone(), self.layers.clone());
+            std::thread::spawn(move || {
+                loop {
+                    let next = queue
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .pop_front();
+                    let Some((key, slot)) = next else { break };
+                    slot.fill(layers.probe(&key));
+                }
+            });
+        }
+    }
+
+    /// Looks `key` up, through the prefetched lookup when there is one.
+    pub fn probe(&self, key: &Digest) -> Probed {
+        let slot = self
+            .prefetched
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+        match slot {
+            Some(slot) => slot.wait(),
+            None => self.layers.probe(key),
+        }
+    }
+
     /// Whether a step made of `effects` may come from, and go to, the cache.
     pub fn allows(&self, effects: &[wit::Effect]) -> bool {
         effects.iter().all(|e| match e {

@@ -10,7 +10,7 @@ mod copy;
 mod source;
 mod walk;
 
-pub use add::Add;
+pub use add::{Add, SourceKind, source_kind};
 pub use chmod::parse_chmod;
 pub use copy::Copy;
 pub use source::CopySource;
@@ -66,8 +66,6 @@ pub enum FsError {
     },
     #[error("invalid --checksum {spec:?}: {reason}")]
     Checksum { spec: String, reason: String },
-    #[error("ADD of a git repository is not supported yet: {0}")]
-    GitUnsupported(String),
     #[error("{0}")]
     Context(#[from] crate::context::ContextError),
 }

@@ -16,6 +16,7 @@ use crate::cache::base::BaseCache;
 use crate::cache::file_digests::FileDigests;
 use crate::cache::store::{CachePusher, CacheRepo, LayerCache};
 use crate::context::{self, ContextTree};
+use crate::digest::Digest;
 use crate::dockerfile::{self, Instruction};
 use crate::image::config::Platform;
 use crate::layer::Compression;
@@ -369,6 +370,8 @@ fn wit_instruction(i: &Instruction) -> wit::Instruction {
 struct Frontend<'a> {
     rt: &'a Runtime,
     handlers: &'a HashMap<String, &'a Plugin>,
+    /// The built-in Dockerfile plugin, loaded first.
+    builtin: &'a Plugin,
     file: &'a str,
     escape: char,
     context: Arc<ContextTree>,
@@ -376,6 +379,13 @@ struct Frontend<'a> {
 }
 
 impl Frontend<'_> {
+    /// Whether kiln's own Dockerfile plugin handles `instr`.
+    fn is_builtin(&self, instr: &Instruction) -> bool {
+        self.handlers
+            .get(&instr.keyword)
+            .is_some_and(|p| std::ptr::eq(*p, self.builtin))
+    }
+
     /// Wraps an error with the instruction's file, line and column.
     fn at(&self, instr: &Instruction, source: BuildError) -> BuildError {
         BuildError::Instruction {
@@ -502,6 +512,7 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
                 run_layers: c.run_layers,
                 copy_layers: c.copy_layers,
                 file_digests: FileDigests::open(&opts.kiln_dir.join(FILE_DIGESTS)),
+                prefetched: Default::default(),
             })
         }
         None => None,
@@ -529,6 +540,7 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
     let frontend = Frontend {
         rt: &rt,
         handlers: &handlers,
+        builtin: &plugins[0],
         file: &file,
         escape: parsed.escape,
         context: ctx.clone(),
@@ -775,6 +787,17 @@ fn build_stage(
                 .map_err(|e| at(plan.from, e))?;
         }
     }
+    if let Some(cache) = sctx.cache {
+        cache.prefetch(lookahead_keys(
+            frontend,
+            sctx,
+            plan,
+            &stage,
+            others,
+            global_args,
+            cache,
+        ));
+    }
     for instr in &plan.body {
         let outcome = frontend.handle(
             instr,
@@ -789,6 +812,52 @@ fn build_stage(
     }
     stage.close(sctx).map_err(|e| at(plan.from, e))?;
     Ok(stage)
+}
+
+/// The cache keys of a stage's steps if each one hits, worked out on a
+/// shadow of the stage; it stops where a key cannot be known ahead (a miss
+/// changes every key after it anyway, so nothing past it is worth asking).
+fn lookahead_keys(
+    frontend: &Frontend<'_>,
+    sctx: &StageCtx<'_>,
+    plan: &plan::StagePlan<'_>,
+    stage: &Stage,
+    others: &stage::Others<'_>,
+    global_args: &[wit::Arg],
+    cache: &caching::Caching,
+) -> Vec<Digest> {
+    let mut shadow = stage.shadow();
+    let mut keys = Vec::new();
+    for instr in &plan.body {
+        // A user's handler may count or log its calls: only built-in
+        // instructions are handled twice.
+        if !frontend.is_builtin(instr) {
+            break;
+        }
+        let Ok(outcome) = frontend.handle(
+            instr,
+            Some(&shadow),
+            global_args,
+            &others.names[..=plan.index],
+        ) else {
+            break;
+        };
+        let mut key = None;
+        if outcome.effects.iter().any(caching::is_fs) {
+            if !cache.allows(&outcome.effects) {
+                break;
+            }
+            match caching::step_key(&shadow, sctx, others, &outcome.effects) {
+                Ok(Some(k)) => {
+                    keys.push(k.clone());
+                    key = Some(k);
+                }
+                _ => break,
+            }
+        }
+        shadow.advance_shadow(key, outcome.effects);
+    }
+    keys
 }
 
 fn upsert_arg(args: &mut Vec<wit::Arg>, a: wit::Arg) {

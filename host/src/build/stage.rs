@@ -36,6 +36,9 @@ pub struct StageCtx<'a> {
     pub cache: Option<&'a Caching>,
     /// HTTP client for `ADD <url>`.
     pub http: &'a ureq::Agent,
+    /// The plugins and runtime that fetch `ADD <git url>`.
+    pub plugins: &'a [crate::plugin::Plugin],
+    pub rt: &'a crate::plugin::Runtime,
     pub registry: &'a Registry,
     pub opts: &'a Options,
     pub context: Arc<ContextTree>,
@@ -291,7 +294,6 @@ impl Stage {
             let allowed = cache.allows(&outcome.effects);
             if allowed
                 && let Some(hit) = cache
-                    .layers
                     .probe(&key)
                     .map_err(|e| BuildError::Cache(e.to_string()))?
             {
@@ -363,11 +365,6 @@ impl Stage {
                     .run(&root)?;
                 }
                 wit::Effect::Add(a) => {
-                    if a.keep_git_dir {
-                        return Err(BuildError::NotSupported(
-                            "ADD --keep-git-dir (git sources)".into(),
-                        ));
-                    }
                     let root = self.step_root(sctx, &mut step, &instr.keyword, a.link)?;
                     let owner = self.owner(sctx, &root, a.chown.as_deref(), a.link)?;
                     let chmod = a.chmod.as_deref().map(imagefs::parse_chmod).transpose()?;
@@ -382,6 +379,12 @@ impl Stage {
                         checksum: a.checksum.as_deref(),
                         agent: sctx.http,
                         scratch: scratch.path(),
+                        keep_git_dir: a.keep_git_dir,
+                        git: Some(crate::context::git::GitFetcher {
+                            plugins: sctx.plugins,
+                            rt: sctx.rt,
+                            store: sctx.store,
+                        }),
                     }
                     .run(&root)?;
                 }
@@ -476,13 +479,7 @@ impl Stage {
         outcome: wit::Outcome,
         hit: CachedStep,
     ) {
-        for effect in outcome.effects {
-            match effect {
-                wit::Effect::Config(change) => self.apply_config(change),
-                wit::Effect::DeclareArg(a) => super::upsert_arg(&mut self.args, a),
-                _ => {}
-            }
-        }
+        self.apply_non_fs(outcome.effects);
         let created_by = if hit.created_by.is_empty() {
             instr.original.clone()
         } else {
@@ -505,6 +502,43 @@ impl Stage {
                 });
             }
             None => self.config.add_history(history),
+        }
+    }
+
+    /// Applies what a step changes besides the filesystem: the config and
+    /// the arguments in scope.
+    fn apply_non_fs(&mut self, effects: Vec<wit::Effect>) {
+        for effect in effects {
+            match effect {
+                wit::Effect::Config(change) => self.apply_config(change),
+                wit::Effect::DeclareArg(a) => super::upsert_arg(&mut self.args, a),
+                _ => {}
+            }
+        }
+    }
+
+    /// A copy of the stage's key, config and arguments that runs nothing,
+    /// to work out the keys of the steps ahead.
+    pub fn shadow(&self) -> Stage {
+        Stage {
+            index: self.index,
+            key: self.key.clone(),
+            clock: self.clock.clone(),
+            config: self.config.clone(),
+            layers: self.layers.clone(),
+            args: self.args.clone(),
+            cmd_set: self.cmd_set,
+            unpacked: true,
+            pending: None,
+        }
+    }
+
+    /// Moves a shadow past a step as a cache hit under `key` would move the
+    /// stage (`None` for a step without filesystem effects).
+    pub fn advance_shadow(&mut self, key: Option<Digest>, effects: Vec<wit::Effect>) {
+        self.apply_non_fs(effects);
+        if let Some(key) = key {
+            self.key = key;
         }
     }
 

@@ -8,7 +8,9 @@
 //! cannot be set by anyone, and moves on every write. What stays is git's
 //! "racy" case: a write in the same clock tick as the recorded times. So a
 //! digest is only recorded for a file whose change time is at least
-//! [`SETTLED`] older than the moment its hashing started.
+//! [`SETTLED`] older than the moment its hashing started. Within one build,
+//! where keys are worked out ahead of the steps and again when they run,
+//! every digest is kept: nothing writes to the context meanwhile.
 
 use crate::digest::Digest;
 use std::collections::{HashMap, HashSet};
@@ -82,6 +84,8 @@ pub struct FileDigests {
 #[derive(Default)]
 struct Table {
     known: HashMap<Stamp, Digest>,
+    /// Digests of this build that are not settled enough to keep.
+    session: HashMap<Stamp, Digest>,
     /// Entries this build looked up or added.
     used: HashSet<Stamp>,
     changed: bool,
@@ -119,22 +123,30 @@ impl FileDigests {
         }
         let stamp = Stamp::of(md);
         let mut table = self.table();
+        if let Some(digest) = table.session.get(&stamp) {
+            return Some(digest.clone());
+        }
         let digest = table.known.get(&stamp).cloned()?;
         table.used.insert(stamp);
         Some(digest)
     }
 
-    /// Remembers `digest` for the file `md` describes, if that file had been
-    /// left alone for [`SETTLED`] when hashing began at `started`.
+    /// Remembers `digest` for the file `md` describes: for this build, and
+    /// for later ones if that file had been left alone for [`SETTLED`] when
+    /// hashing began at `started`.
     pub fn remember(&self, md: &Metadata, digest: &Digest, started: SystemTime) {
+        if md.size() < MIN_SIZE {
+            return;
+        }
         let stamp = Stamp::of(md);
         let started_ns = started
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i128);
-        if md.size() < MIN_SIZE || started_ns - stamp.ctime_ns < SETTLED.as_nanos() as i128 {
+        let mut table = self.table();
+        if started_ns - stamp.ctime_ns < SETTLED.as_nanos() as i128 {
+            table.session.insert(stamp, digest.clone());
             return;
         }
-        let mut table = self.table();
         table.used.insert(stamp);
         if table.known.insert(stamp, digest.clone()).as_ref() != Some(digest) {
             table.changed = true;
@@ -203,20 +215,21 @@ mod tests {
     }
 
     #[test]
-    fn fresh_and_small_files_are_not_remembered() {
+    fn fresh_files_are_remembered_for_one_build_and_small_ones_never() {
         let dir = tempfile::tempdir().unwrap();
         let memo = FileDigests::open(&dir.path().join("t"));
         let file = big_file(dir.path(), "fresh", 1);
         let md = std::fs::metadata(&file).unwrap();
         // Hashing began right after the write: a write in the same tick
-        // could follow unseen.
+        // could follow unseen, so only this build may use the digest.
         memo.remember(&md, &Digest::of(b"x"), SystemTime::now());
-        assert_eq!(memo.get(&md), None);
+        assert_eq!(memo.get(&md), Some(Digest::of(b"x")));
+        memo.save().unwrap();
+        assert_eq!(FileDigests::open(&dir.path().join("t")).get(&md), None);
         std::fs::write(dir.path().join("small"), b"tiny").unwrap();
         let small = std::fs::metadata(dir.path().join("small")).unwrap();
         memo.remember(&small, &Digest::of(b"x"), later());
         assert_eq!(memo.get(&small), None);
-        memo.save().unwrap();
         assert!(!dir.path().join("t").exists(), "nothing to save");
     }
 

@@ -230,15 +230,22 @@ mod tests {
         let sources = strings(&["big.bin", "small.txt"]);
         let read = digest_sources(&src, &sources, "/app/", false, &[], Some(&memo)).unwrap();
         assert_eq!(read, f.context_digest(&["big.bin", "small.txt"], &[]));
-        // A file written just now is not trusted yet: still read.
+        // A file written just now is trusted within this build only.
         let again = digest_sources(&src, &sources, "/app/", false, &[], Some(&memo)).unwrap();
         assert_eq!(again, read);
+        memo.save().unwrap();
+        let next_build = FileDigests::open(&f.dir.path().join("memo"));
+        assert_eq!(
+            next_build.get(&fs::metadata(f.path("big.bin")).unwrap()),
+            None
+        );
         // Once remembered, the digest is used without reading the file:
         // a planted one shows through.
         let md = fs::metadata(f.path("big.bin")).unwrap();
         let later = std::time::SystemTime::now() + std::time::Duration::from_secs(10);
-        memo.remember(&md, &Digest::of(b"planted"), later);
-        let planted = digest_sources(&src, &sources, "/app/", false, &[], Some(&memo)).unwrap();
+        next_build.remember(&md, &Digest::of(b"planted"), later);
+        let planted =
+            digest_sources(&src, &sources, "/app/", false, &[], Some(&next_build)).unwrap();
         assert_ne!(planted, read);
     }
 

@@ -1,6 +1,7 @@
 //! Build contexts: a `--context` URL goes to the plugin that claims its
 //! scheme, and comes back as a directory tree the host reads natively.
 
+pub mod git;
 pub mod remote;
 
 use crate::dockerfile::Ignore;
@@ -25,6 +26,8 @@ pub enum ContextError {
     Plugin(#[from] plugin::PluginError),
     #[error(transparent)]
     Remote(#[from] remote::RemoteError),
+    #[error(transparent)]
+    Git(#[from] git::GitSourceError),
     #[error("--context-sub-path {path:?} {reason}")]
     SubPath { path: String, reason: String },
     #[error("--git applies to git:// contexts only, and --context is {url:?}")]

@@ -7,6 +7,7 @@ use std::rc::Rc;
 
 use kiln_plugin_sdk::PluginError;
 
+use crate::gitdir;
 use crate::object::{Commit, EntryKind, Kind, ObjectId, parse_commit, parse_tag};
 use crate::pack::Store;
 use crate::protocol::{Remote, Transport, find_ref, ref_prefixes, some_ref_names};
@@ -39,10 +40,13 @@ pub fn checkout(
 ) -> Result<Checkout, PluginError> {
     let display = request.display.as_str();
     let remote = Remote::connect(transport, &request.repo_url, display)?;
-    let want = choose(&remote, request)?;
+    let (want, reference) = choose(&remote, request)?;
     let store = remote.fetch(want, scratch)?;
     let (commit_id, commit) =
         peel_to_commit(&store, want).map_err(|e| PluginError::new(format!("{display}: {e}")))?;
+    if let Some(sum) = &request.checksum {
+        verify_checksum(display, sum, want, commit_id)?;
+    }
     let mut objects = store.len();
     let mut deltas = store.deltas();
     let mut submodules = 0;
@@ -58,13 +62,23 @@ pub fn checkout(
     } else {
         HashMap::new()
     };
+    let tree = commit.tree;
     let repo = Rc::new(Repo {
         store,
-        tree: commit.tree,
+        tree,
         submodules: subs,
     });
-    let tar = TarStream::new(repo, commit.time, display)
-        .map_err(|e| PluginError::new(format!("{display}: {e}")))?;
+    let fail = |e: String| PluginError::new(format!("{display}: {e}"));
+    let mut tar = TarStream::new(repo, commit.time, display).map_err(fail)?;
+    if request.keep_git_dir {
+        let spec = gitdir::Spec {
+            commit: commit_id,
+            reference: reference.filter(|(name, _)| name != "HEAD"),
+            remote: request.repo_url.clone(),
+            tree,
+        };
+        tar = tar.with_git_dir(&spec).map_err(fail)?;
+    }
     Ok(Checkout {
         tar,
         commit: commit_id,
@@ -74,13 +88,34 @@ pub fn checkout(
     })
 }
 
-/// The object to fetch for the request's target.
-fn choose(remote: &Remote, request: &Request) -> Result<ObjectId, PluginError> {
+/// Fails unless the commit, or the annotated tag that led to it, starts
+/// with `checksum` (BuildKit's `ADD --checksum` for git sources).
+fn verify_checksum(
+    display: &str,
+    checksum: &str,
+    want: ObjectId,
+    commit: ObjectId,
+) -> Result<(), PluginError> {
+    let commit_hex = commit.to_string();
+    if commit_hex.starts_with(checksum) || want.to_string().starts_with(checksum) {
+        return Ok(());
+    }
+    Err(PluginError::new(format!(
+        "{display}: checksum mismatch: expected commit {checksum}, the ref names commit {commit_hex}"
+    ))
+    .with_hint("update --checksum to the commit the ref names, or pin the commit in the URL"))
+}
+
+/// The object to fetch for the request's target, and the ref it came from.
+fn choose(
+    remote: &Remote,
+    request: &Request,
+) -> Result<(ObjectId, Option<(String, ObjectId)>), PluginError> {
     let display = &request.display;
-    let find = |name: &str| -> Result<ObjectId, PluginError> {
+    let find = |name: &str| -> Result<(ObjectId, Option<(String, ObjectId)>), PluginError> {
         let refs = remote.refs(&ref_prefixes(Some(name)))?;
         match find_ref(&refs, name) {
-            Some(found) => Ok(found.id),
+            Some(found) => Ok((found.id, Some((found.name.clone(), found.id)))),
             None if name == "HEAD" => Err(PluginError::new(format!(
                 "{display}: the repository has no HEAD (it has {})",
                 some_ref_names(&refs)
@@ -98,8 +133,8 @@ fn choose(remote: &Remote, request: &Request) -> Result<ObjectId, PluginError> {
     match &request.target {
         Target::Head => find("HEAD"),
         Target::Ref(name) => find(name),
-        Target::Commit(id) => Ok(*id),
-        Target::RefCommit(name, id) => find(name).map(|_| *id),
+        Target::Commit(id) => Ok((*id, None)),
+        Target::RefCommit(name, id) => find(name).map(|_| (*id, None)),
     }
 }
 

@@ -11,7 +11,9 @@ pub fn apply(base: &[u8], delta: &[u8]) -> Result<Vec<u8>, String> {
         ));
     }
     let size = usize::try_from(varint(delta, &mut pos)?).map_err(|_| "a delta is too large")?;
-    let mut out = Vec::with_capacity(size);
+    // The declared size comes from the server: a hint, not a promise, so
+    // it cannot make one huge allocation; the output is checked against it.
+    let mut out = Vec::with_capacity(size.min(64 << 20));
     while pos < delta.len() {
         let op = delta[pos];
         pos += 1;

@@ -7,11 +7,14 @@
 //! indexed there; the archive is produced entry by entry while the host reads
 //! it. Credentials never reach the plugin: the host adds them to the requests.
 //!
-//! Options (from the host): `pull-method` (`https`, `http`), and kaniko's
-//! `--git` keys `branch`, `single-branch`, `recurse-submodules`.
+//! Options (from the host): `pull-method` (`https`, `http`), kaniko's
+//! `--git` keys `branch`, `single-branch`, `recurse-submodules`, and for
+//! `ADD <git url>`: `keep-git-dir` (the archive also carries a `.git`
+//! directory) and `checksum` (the commit id, or a prefix, the ref must name).
 
 mod checkout;
 mod delta;
+mod gitdir;
 mod object;
 mod pack;
 mod pktline;

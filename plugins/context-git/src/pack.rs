@@ -92,6 +92,24 @@ impl Store {
         Ok((object.size, self.open(object)?))
     }
 
+    /// Every object id, sorted.
+    pub fn ids(&self) -> Vec<ObjectId> {
+        let mut ids: Vec<ObjectId> = self.index.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The size of `id`'s content, if the pack has it.
+    pub fn size(&self, id: &ObjectId) -> Option<u64> {
+        self.index.get(id).map(|o| o.size)
+    }
+
+    /// Streams any object: its kind, size and a reader of its content.
+    pub fn stream(&self, id: &ObjectId) -> Result<(Kind, u64, Box<dyn Read>), String> {
+        let object = self.object(id)?;
+        Ok((object.kind, object.size, self.open(object)?))
+    }
+
     fn object(&self, id: &ObjectId) -> Result<Object, String> {
         self.index
             .get(id)

@@ -5,7 +5,8 @@ use kiln_plugin_sdk::{KeyValue, PluginError};
 use crate::object::ObjectId;
 
 /// Option keys the host may pass, for error messages.
-const KNOWN_OPTIONS: &str = "pull-method, branch, single-branch, recurse-submodules";
+const KNOWN_OPTIONS: &str =
+    "pull-method, branch, single-branch, recurse-submodules, keep-git-dir, checksum";
 
 /// A parsed `git://host[:port]/path[#ref[#commit]]` URL plus options.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +19,10 @@ pub struct Request {
     pub target: Target,
     /// Whether to fetch and emit submodules.
     pub recurse_submodules: bool,
+    /// Whether the archive also carries a `.git` directory (ADD --keep-git-dir).
+    pub keep_git_dir: bool,
+    /// A commit (or annotated tag) id prefix, lowercase, that the target must resolve to.
+    pub checksum: Option<String>,
 }
 
 /// The revision a request names.
@@ -41,6 +46,8 @@ impl Request {
         let mut scheme = "https";
         let mut branch = None;
         let mut recurse_submodules = false;
+        let mut keep_git_dir = false;
+        let mut checksum = None;
         for option in options {
             let value = option.value.as_str();
             match option.key.as_str() {
@@ -70,6 +77,21 @@ impl Request {
                 "recurse-submodules" => {
                     recurse_submodules = parse_bool(url, "recurse-submodules", value)?;
                 }
+                "keep-git-dir" => {
+                    keep_git_dir = parse_bool(url, "keep-git-dir", value)?;
+                }
+                "checksum" => {
+                    if value.is_empty()
+                        || value.len() > 40
+                        || !value.bytes().all(|b| b.is_ascii_hexdigit())
+                    {
+                        return Err(PluginError::new(format!(
+                            "{url}: checksum `{value}` is not a commit id"
+                        ))
+                        .with_hint("give the commit id (or a prefix of it) in hex"));
+                    }
+                    checksum = Some(value.to_ascii_lowercase());
+                }
                 other => {
                     return Err(PluginError::new(format!(
                         "{url}: unknown git option `{other}`; known options: {KNOWN_OPTIONS}"
@@ -92,6 +114,8 @@ impl Request {
             repo_url: format!("{scheme}://{}", parsed.location),
             target,
             recurse_submodules,
+            keep_git_dir,
+            checksum,
         })
     }
 }
@@ -245,6 +269,29 @@ mod tests {
         assert!(
             e.message
                 .contains("recurse-submodules=yes is not a boolean"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn keep_git_dir_and_checksums_are_options() {
+        let r = request("git://h/r.git#v1", &[]).unwrap();
+        assert!(!r.keep_git_dir);
+        assert_eq!(r.checksum, None);
+        let r = request(
+            "git://h/r.git#v1",
+            &[("keep-git-dir", "true"), ("checksum", "ABC123")],
+        )
+        .unwrap();
+        assert!(r.keep_git_dir);
+        assert_eq!(r.checksum.as_deref(), Some("abc123"));
+        for bad in ["", "xyz", &"a".repeat(41)] {
+            let e = request("git://h/r.git", &[("checksum", bad)]).unwrap_err();
+            assert!(e.message.contains("is not a commit id"), "{e:?}");
+        }
+        let e = request("git://h/r.git", &[("keep-git-dir", "y")]).unwrap_err();
+        assert!(
+            e.message.contains("keep-git-dir=y is not a boolean"),
             "{e:?}"
         );
     }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::rc::Rc;
 
+use crate::gitdir::{self, GitDir};
 use crate::object::{EntryKind, Kind, ObjectId, TreeEntry, parse_tree};
 use crate::pack::Store;
 
@@ -52,6 +53,10 @@ pub struct TarStream {
     /// The current file's content and how much of it is still due.
     body: Option<(Box<dyn Read>, u64, u64)>,
     finished: bool,
+    /// The repository, for the `.git` directory.
+    root: Rc<Repo>,
+    /// The `.git` directory still to write after the tree, if kept.
+    git: Option<GitDir>,
 }
 
 impl TarStream {
@@ -61,6 +66,8 @@ impl TarStream {
         Ok(TarStream {
             display: display.to_owned(),
             mtime: mtime.max(0) as u64,
+            root: Rc::clone(&repo),
+            git: None,
             stack: vec![Frame {
                 repo,
                 rel: String::new(),
@@ -75,11 +82,46 @@ impl TarStream {
         })
     }
 
+    /// Adds a `.git` directory after the tree (`keep-git-dir`).
+    pub fn with_git_dir(mut self, spec: &gitdir::Spec) -> Result<Self, String> {
+        self.git = Some(GitDir::new(&self.root.store, spec)?);
+        Ok(self)
+    }
+
+    /// Queues the next `.git` entry; false when there is none.
+    fn next_git_entry(&mut self) -> Result<bool, String> {
+        let Some(git) = self.git.as_mut() else {
+            return Ok(false);
+        };
+        match git.next(&self.root)? {
+            None => {
+                self.git = None;
+                Ok(false)
+            }
+            Some(gitdir::Entry::Dir(path)) => {
+                self.pending = header(&path, Type::Dir, 0o755, 0, self.mtime, "");
+                self.pending_pos = 0;
+                Ok(true)
+            }
+            Some(gitdir::Entry::File {
+                path,
+                mode,
+                size,
+                body,
+            }) => {
+                self.pending = header(&path, Type::File, mode, size, self.mtime, "");
+                self.pending_pos = 0;
+                self.body = Some((body, size, size));
+                Ok(true)
+            }
+        }
+    }
+
     /// Queues the next entry's header (and body); false when the tree is done.
     fn next_entry(&mut self) -> Result<bool, String> {
         loop {
             let Some(frame) = self.stack.last_mut() else {
-                return Ok(false);
+                return self.next_git_entry();
             };
             let Some(entry) = frame.entries.get(frame.next).cloned() else {
                 self.stack.pop();

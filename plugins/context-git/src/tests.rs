@@ -574,3 +574,94 @@ fn submodules_are_fetched_only_when_asked() {
     assert_eq!(tree, expected);
     assert_eq!(tree["libs/sub/inner-link"], Node::Link("inner.txt".into()));
 }
+
+/// Fetches `url` with `keep-git-dir` and unpacks the archive into a new directory.
+fn fetch_with_git_dir(server: &LocalGit, url: &str) -> (ObjectId, TempDir) {
+    let options = [KeyValue::new("keep-git-dir", "true")];
+    let request = Request::parse(url, &options).unwrap();
+    let scratch = TempDir::new("scratch");
+    let checkout = checkout(server, &request, &scratch.0).unwrap_or_else(|e| panic!("{e:?}"));
+    let out = TempDir::new("kept");
+    let commit = checkout.commit;
+    tar::Archive::new(checkout.tar).unpack(&out.0).unwrap();
+    assert!(scratch_is_empty(&scratch.0));
+    (commit, out)
+}
+
+#[test]
+fn kept_git_dirs_pass_fsck_and_status_is_clean() {
+    let fixture = Fixture::new();
+    let server = LocalGit::new(true, &[("r.git", fixture.path())]);
+    let base = "git://git.test/r.git";
+    let older = fixture.rev("HEAD~3");
+    for (fragment, rev, reference) in [
+        ("", "HEAD", None),
+        ("#dev", "dev", Some("refs/heads/dev")),
+        ("#v1", "v1^{commit}", Some("refs/tags/v1")),
+        ("#pull/7/head", "refs/pull/7/head", Some("refs/pull/7/head")),
+        (&format!("#{older}"), "HEAD~3", None),
+    ] {
+        let url = format!("{base}{fragment}");
+        let (commit, out) = fetch_with_git_dir(&server, &url);
+        let dir = &out.0;
+        assert_eq!(commit, fixture.rev(rev), "{url}");
+        assert_eq!(git(dir, &["log", "-1", "--format=%H"]), commit.to_string());
+        assert_eq!(git(dir, &["rev-parse", "HEAD"]), commit.to_string());
+        // Detached, as BuildKit leaves it.
+        assert_eq!(
+            std::fs::read_to_string(dir.join(".git/HEAD")).unwrap(),
+            format!("{commit}\n")
+        );
+        git(dir, &["fsck", "--full", "--strict", "--no-dangling"]);
+        assert_eq!(git(dir, &["status", "--porcelain"]), "", "{url}");
+        assert_eq!(git(dir, &["rev-parse", "--is-shallow-repository"]), "true");
+        assert_eq!(
+            git(dir, &["config", "remote.origin.url"]),
+            "https://git.test/r.git"
+        );
+        assert_eq!(
+            git(dir, &["ls-files", "-s"]),
+            git(
+                fixture.path(),
+                &[
+                    "ls-tree",
+                    "-r",
+                    "--format=%(objectmode) %(objectname) 0\t%(path)",
+                    rev
+                ]
+            ),
+            "{url}"
+        );
+        if let Some(name) = reference {
+            let peeled = format!("{name}^{{commit}}");
+            assert_eq!(git(dir, &["rev-parse", &peeled]), commit.to_string());
+            assert_eq!(
+                git(dir, &["rev-parse", name]),
+                fixture.rev(name).to_string()
+            );
+        }
+        // The tree itself is unchanged by the extra directory.
+        let mut files = git_tree(fixture.path(), rev);
+        files.retain(|path, _| !path.starts_with(".git"));
+        for path in files.keys() {
+            assert!(std::fs::symlink_metadata(dir.join(path)).is_ok(), "{path}");
+        }
+    }
+}
+
+#[test]
+fn checksums_must_match_the_commit_or_tag() {
+    let fixture = Fixture::new();
+    let server = LocalGit::new(true, &[("r.git", fixture.path())]);
+    let url = "git://git.test/r.git#v1";
+    let commit = fixture.rev("v1^{commit}").to_string();
+    let tag = fixture.rev("v1").to_string();
+    for good in [&commit[..], &commit[..7], &tag[..12]] {
+        let (id, _) = fetch(&server, url, &[("checksum", good)]).unwrap();
+        assert_eq!(id.to_string(), commit);
+    }
+    let wrong = fixture.rev("HEAD").to_string();
+    let e = fetch(&server, url, &[("checksum", &wrong)]).unwrap_err();
+    assert!(e.message.contains("checksum mismatch"), "{e:?}");
+    assert!(e.message.contains(&commit), "{e:?}");
+}

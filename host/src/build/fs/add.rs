@@ -1,7 +1,8 @@
 //! ADD: COPY from the context, except that local archives are extracted
-//! into the destination and `http(s)://` sources are downloaded (never
-//! extracted), with BuildKit's rules for names, modes, mtimes and
-//! `--checksum`.
+//! into the destination, `http(s)://` sources are downloaded (never
+//! extracted) and git URLs are fetched through the `git` plugin, with
+//! BuildKit's rules for names, modes, mtimes, `--checksum` and
+//! `--keep-git-dir`.
 
 use super::archive;
 use super::chmod::Chmod;
@@ -9,6 +10,7 @@ use super::copy::{Copier, dest_is_dir};
 use super::source::{CopySource, has_wildcards};
 use super::{FsError, Owner, image_parent, io_at, make_dirs_mode, resolve_in_root};
 use crate::context::ContextTree;
+use crate::context::git::{Fetched, GitFetcher, GitSource, GitSourceError, fetch_git};
 use sha2::digest::DynDigest;
 use std::fs;
 use std::io::{Read, Write};
@@ -34,6 +36,10 @@ pub struct Add<'a> {
     pub agent: &'a ureq::Agent,
     /// Where downloads and extracted archives wait before entering the image.
     pub scratch: &'a Path,
+    /// `--keep-git-dir`: git sources keep their `.git` directory.
+    pub keep_git_dir: bool,
+    /// The plugins that fetch git sources.
+    pub git: Option<GitFetcher<'a>>,
 }
 
 /// What kind of thing an ADD source names.
@@ -269,7 +275,14 @@ impl Add<'_> {
     /// Runs the ADD into `root`. Every URL is downloaded and verified
     /// before anything is written into the image.
     pub fn run(&self, root: &Path) -> Result<(), FsError> {
-        let checksum = self.checksum.map(parse_checksum).transpose()?;
+        let is_git = |s: &String| source_kind(s) == SourceKind::Git;
+        let any_git = self.sources.iter().any(is_git);
+        // A git source's checksum is a commit id, checked by the plugin.
+        let checksum = self
+            .checksum
+            .filter(|_| !any_git)
+            .map(parse_checksum)
+            .transpose()?;
         if let Some(spec) = self.checksum {
             let misuse = |reason: &str| FsError::Checksum {
                 spec: spec.into(),
@@ -282,18 +295,19 @@ impl Add<'_> {
                 return Err(misuse("it needs an http(s) or git source"));
             }
         }
-        if let Some(git) = self
-            .sources
-            .iter()
-            .find(|s| source_kind(s) == SourceKind::Git)
-        {
-            return Err(FsError::GitUnsupported(git.clone()));
+        if self.keep_git_dir && !any_git {
+            // BuildKit ignores the flag for other sources; so does kiln.
+            log::warn!("ADD --keep-git-dir applies to git sources only, and this ADD has none");
         }
         let source = CopySource::Context(self.context);
         let mut downloads = Vec::new();
+        let mut fetched = Vec::new();
         let mut count = 0;
         for src in self.sources {
-            if source_kind(src) == SourceKind::Http {
+            if is_git(src) {
+                fetched.push(self.fetch(src)?);
+                count += 1;
+            } else if source_kind(src) == SourceKind::Http {
                 downloads.push(download(self.agent, src, self.scratch, checksum.as_ref())?);
                 count += 1;
             } else {
@@ -310,7 +324,14 @@ impl Add<'_> {
         }
         let mut copier = Copier::new(source, root, self.owner, self.chmod, self.excludes)?;
         let mut downloads = downloads.into_iter();
+        let mut fetched = fetched.into_iter();
         for src in self.sources {
+            if is_git(src) {
+                if let Some(f) = fetched.next() {
+                    self.place_tree(root, f.root())?;
+                }
+                continue;
+            }
             if source_kind(src) == SourceKind::Http {
                 if let Some(d) = downloads.next() {
                     self.place_download(root, &d, dest_is_dir)?;
@@ -329,6 +350,47 @@ impl Add<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Fetches a git source, with `--checksum` and `--keep-git-dir` merged
+    /// into what its URL says, as BuildKit does.
+    fn fetch(&self, src: &str) -> Result<Fetched, FsError> {
+        let mut git = GitSource::parse(src).map_err(crate::context::ContextError::from)?;
+        git.merge_checksum(self.checksum)
+            .map_err(crate::context::ContextError::from)?;
+        if self.keep_git_dir && git.keep_git_dir == Some(false) {
+            return Err(crate::context::ContextError::from(GitSourceError::Invalid {
+                url: git.display.clone(),
+                reason: "inconsistent keep-git-dir configuration: --keep-git-dir=true \
+                         but the URL says keep-git-dir=false"
+                    .into(),
+            })
+            .into());
+        }
+        let keep = self.keep_git_dir || git.keep_git_dir == Some(true);
+        let fetcher = self.git.as_ref().ok_or_else(|| {
+            crate::context::ContextError::from(GitSourceError::NoPlugin {
+                url: git.display.clone(),
+            })
+        })?;
+        Ok(fetch_git(&git, keep, fetcher)?)
+    }
+
+    /// Copies a fetched tree's content into the destination directory: its
+    /// files belong to root (or `--chown`), and `--chmod` and `--exclude`
+    /// apply as for any other source.
+    fn place_tree(&self, root: &Path, tree: &Path) -> Result<(), FsError> {
+        let dir_mode = Chmod::created_dir_mode(self.chmod);
+        let dest = make_dirs_mode(root, self.dest, self.owner, dir_mode)?;
+        let owner = Some(self.owner.unwrap_or(Owner::ROOT));
+        let mut copier = Copier::new(
+            CopySource::Root(tree),
+            root,
+            owner,
+            self.chmod,
+            self.excludes,
+        )?;
+        copier.copy_tree(tree, Path::new(""), Path::new(""), &dest)
     }
 
     /// Extracts a local archive into the destination directory. The
@@ -448,6 +510,8 @@ mod tests {
                 checksum: None,
                 agent: &self.agent,
                 scratch: self.scratch.path(),
+                keep_git_dir: false,
+                git: None,
             };
             tweak(&mut add);
             add.run(self.root.path())
@@ -717,17 +781,47 @@ mod tests {
     }
 
     #[test]
-    fn git_sources_are_refused_clearly() {
-        let f = fixture(&[]);
+    fn git_sources_are_checked_before_anything_is_fetched() {
+        let f = fixture(&[("local", b"x".to_vec())]);
         let err = f
             .add(
-                &v(&["https://github.com/moby/buildkit.git#v0.13.0"]),
+                &v(&["git@github.com:moby/buildkit.git#v0.13.0"]),
                 "/src/",
                 |_| {},
             )
             .unwrap_err()
             .to_string();
-        assert!(err.contains("git repository is not supported yet"), "{err}");
+        assert!(
+            err.contains("no ssh transport")
+                && err.contains("https://github.com/moby/buildkit.git#v0.13.0"),
+            "{err}"
+        );
+        let err = f
+            .add(&v(&["https://h.example/r.git"]), "/src/", |a| {
+                a.checksum = Some("sha256:00")
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("commit id"), "{err}");
+        let err = f
+            .add(
+                &v(&["https://h.example/r.git?keep-git-dir=false"]),
+                "/src/",
+                |a| a.keep_git_dir = true,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("inconsistent keep-git-dir"), "{err}");
+        let err = f
+            .add(&v(&["https://h.example/r.git#main"]), "/src/", |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs kiln's git plugin"), "{err}");
+        assert!(!f.path("/src").exists());
+        // Like BuildKit, the flag does nothing for other sources.
+        f.add(&v(&["local"]), "/l/", |a| a.keep_git_dir = true)
+            .unwrap();
+        assert_eq!(fs::read(f.path("/l/local")).unwrap(), b"x");
     }
 
     #[test]
