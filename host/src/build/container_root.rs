@@ -10,13 +10,11 @@
 //! `/var/run`, `--ignore-path`s, the build's own inputs and outputs) are
 //! never applied, wiped or snapshotted.
 
-use super::stage::{Layer, StageCtx, fetch_layer_blob};
+use super::stage::{Layer, StageCtx, apply_layer};
 use super::{BuildError, Options};
 use crate::cache::store::CacheRepo;
 use crate::digest::Digest;
-use crate::layer::{
-    Change, Exclusions, LayerBlob, UnpackOptions, Whiteouts, WriteOptions, unpack, write_changes,
-};
+use crate::layer::{Change, Exclusions, LayerBlob, WriteOptions, write_changes};
 use crate::snapshot::SnapshotError;
 use crate::snapshot::scan::{self, Index, SnapshotMode, Stamp};
 use std::ffi::OsStr;
@@ -153,20 +151,8 @@ impl ContainerRoot {
             st.applied.clear();
             st.index = None;
         }
-        let opts = UnpackOptions {
-            whiteouts: Whiteouts::Apply,
-            preserve_owners: rustix::process::geteuid().is_root(),
-            lowers: Vec::new(),
-            exclude: self.exclude.clone(),
-        };
         for layer in &layers[st.applied.len()..] {
-            fetch_layer_blob(sctx, layer)?;
-            let blob = sctx.store.open_blob(&layer.desc.digest)?;
-            unpack(
-                std::io::BufReader::with_capacity(1 << 20, blob),
-                &self.root,
-                &opts,
-            )?;
+            apply_layer(sctx, layer, &self.root, &self.exclude)?;
             st.applied.push(layer.diff_id.clone());
             st.index = None;
         }

@@ -16,6 +16,7 @@ use crate::digest::Digest;
 use crate::dockerfile::Instruction;
 use crate::image::config::{ConfigChange, Healthcheck, History, ImageConfig, Platform, rfc3339};
 use crate::image::manifest::Descriptor;
+use crate::layer::Exclusions;
 use crate::layer::apply::{UnpackOptions, Whiteouts, unpack};
 use crate::layer::write::{LayerBlob, WriteOptions};
 use crate::plugin::wit;
@@ -25,7 +26,7 @@ use crate::snapshot::scan::Stamp;
 use crate::snapshot::{prune_unchanged_dirs, snapshot_upper};
 use crate::store::Store;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -931,22 +932,34 @@ fn view(sctx: &StageCtx<'_>, layers: &[Layer]) -> Result<Step, BuildError> {
         return open_step(sctx.store, layers);
     }
     let dir = sctx.store.temp_dir("flat-")?;
+    for layer in layers {
+        apply_layer(sctx, layer, dir.path(), &Exclusions::default())?;
+    }
+    Ok(Step::Dir(dir))
+}
+
+/// Fetches `layer` if needed and applies it onto `root` as a container
+/// runtime does (whiteouts delete what they name), leaving `exclude` alone.
+pub(super) fn apply_layer(
+    sctx: &StageCtx<'_>,
+    layer: &Layer,
+    root: &Path,
+    exclude: &Exclusions,
+) -> Result<(), BuildError> {
+    fetch_layer_blob(sctx, layer)?;
     let opts = UnpackOptions {
         whiteouts: Whiteouts::Apply,
         preserve_owners: rustix::process::geteuid().is_root(),
         lowers: Vec::new(),
-        exclude: Default::default(),
+        exclude: exclude.clone(),
     };
-    for layer in layers {
-        fetch_layer_blob(sctx, layer)?;
-        let blob = sctx.store.open_blob(&layer.desc.digest)?;
-        unpack(
-            std::io::BufReader::with_capacity(1 << 20, blob),
-            dir.path(),
-            &opts,
-        )?;
-    }
-    Ok(Step::Dir(dir))
+    let blob = sctx.store.open_blob(&layer.desc.digest)?;
+    unpack(
+        std::io::BufReader::with_capacity(1 << 20, blob),
+        root,
+        &opts,
+    )?;
+    Ok(())
 }
 
 /// Brings a layer's blob into the store: from the base-image cache if it
