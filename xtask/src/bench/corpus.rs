@@ -205,10 +205,11 @@ fn write_random_file(path: &Path, bytes: u64) -> Result<()> {
 
 /// xorshift64: fast, and random enough that gzip cannot shrink its output,
 /// which is what makes big-file measure compression at its worst.
-struct XorShift(u64);
+pub struct XorShift(pub u64);
 
 impl XorShift {
-    fn next(&mut self) -> u64 {
+    /// The next pseudo-random word.
+    pub fn word(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -217,9 +218,10 @@ impl XorShift {
         x
     }
 
-    fn fill(&mut self, block: &mut [u8]) {
+    /// Fills `block` with pseudo-random bytes.
+    pub fn fill(&mut self, block: &mut [u8]) {
         for chunk in block.chunks_mut(8) {
-            let word = self.next().to_le_bytes();
+            let word = self.word().to_le_bytes();
             chunk.copy_from_slice(&word[..chunk.len()]);
         }
     }

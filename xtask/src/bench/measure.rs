@@ -9,6 +9,7 @@
 use anyhow::{Context, Result, bail};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -57,6 +58,13 @@ pub fn run(cmd: &mut Command, log: &Path) -> Result<Usage> {
     cmd.stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);
+    // Without a hook, Rust spawns with posix_spawn, which shares xtask's
+    // memory map until exec; the kernel then counts that map's high-water
+    // RSS (xtask's own peak, raised by an in-process server buffering a
+    // response) as the child's. A hook makes it fork: the child starts
+    // from xtask's current RSS, a few MiB.
+    // SAFETY: the hook does nothing, which is safe between fork and exec.
+    unsafe { cmd.pre_exec(|| Ok(())) };
     let start = Instant::now();
     let child = cmd
         .spawn()
@@ -316,6 +324,19 @@ mod tests {
         let message = format!("{error:#}");
         assert!(message.contains("exit code 3"), "{message}");
         assert!(message.contains("the reason"), "{message}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_command_does_not_inherit_the_peak_rss_of_xtask() {
+        let dir = std::env::temp_dir().join(format!("xtask-measure-rss-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        // Raise this process's high-water RSS far above any shell's.
+        let touched = vec![1u8; 256 << 20];
+        assert_eq!(std::hint::black_box(&touched)[123_456], 1);
+        drop(touched);
+        let usage = run(&mut Command::new("true"), &dir.join("log")).unwrap();
+        assert!(usage.max_rss_kib < 64 << 10, "{usage:?}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

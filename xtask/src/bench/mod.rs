@@ -2,11 +2,13 @@
 //! buildah and BuildKit, cold and warm, each pushing to the same local
 //! registry, alternating between the builders within each run; then a
 //! report (`BENCHMARKS.md`) and a chart (`docs/bench-ratios.png`) of
-//! kiln's time over the faster peer's.
+//! kiln's time over the faster peer's. The `context` group times fetching
+//! and unpacking a build context from each source (see `context.rs`).
 
 mod base;
 mod builders;
 mod chart;
+mod context;
 mod corpus;
 mod measure;
 mod micro;
@@ -16,6 +18,7 @@ mod stats;
 
 use anyhow::{Context, Result, bail};
 use builders::{Bench, Builder, Inputs, Mode};
+use context::Source;
 use corpus::{Base, Case, Payload};
 use report::{Floor, Micro, Record, Report};
 use services::{Dockerd, Registry};
@@ -40,25 +43,31 @@ rebuild) with each builder, pushing to a local registry, and reports wall
 time, CPU time and peak RSS (min and median) and kiln's ratio to the faster
 peer. Installs what it needs with apt and builds kiln in release mode.
 
-  --smoke          1 run of label-only, run-small and multi-stage with the
-                   debug build of kiln; writes target/bench-smoke.md (and
-                   .png); fails if any build fails
+  --smoke          1 run of label-only, run-small and multi-stage, and of
+                   the context group on 20 MiB from a tar file and HTTP,
+                   with the debug build of kiln; writes target/bench-smoke.md
+                   (and .png); fails if any build fails
   --case NAME      run only this case (repeatable): label-only, run-small,
-                   multi-stage, copy-many, big-file, apt, many-layers
+                   multi-stage, copy-many, big-file, apt, many-layers, or
+                   context: kiln fetching and unpacking a 200 MiB context
+                   from a tar file, HTTP, S3, GCS, Azure Blob and git,
+                   against curl | tar -xz (git clone) from the same server
   --runs N         runs of each case, builder and mode (default 3)
   --builders LIST  comma-separated: kiln,buildah,buildkit (default all)
   --no-micro       skip `cargo bench -p kiln --bench micro`
 
-A run of the whole corpus by all three builders with at least 3 runs writes
-BENCHMARKS.md and docs/bench-ratios.png; any other run writes
-target/bench-partial.md (and .png). The exit code is non-zero if any build
-failed.";
+A run of the whole corpus and the context group by all three builders with
+at least 3 runs writes BENCHMARKS.md and docs/bench-ratios.png; any other run
+writes target/bench-partial.md (and .png). The exit code is non-zero if any
+build or context run failed.";
 
 /// What to run, from the command line.
 #[derive(Debug)]
 struct Options {
     smoke: bool,
     cases: Vec<&'static Case>,
+    /// Whether the `context` group runs.
+    context: bool,
     runs: usize,
     builders: Vec<Builder>,
     micro: bool,
@@ -70,6 +79,7 @@ impl Options {
     fn is_complete(&self) -> bool {
         !self.smoke
             && self.cases.len() == corpus::CASES.len()
+            && self.context
             && self.builders.len() == Builder::ALL.len()
             && self.runs >= DEFAULT_RUNS
     }
@@ -79,6 +89,7 @@ impl Options {
 fn parse_options(args: &[OsString]) -> Result<Option<Options>> {
     let mut smoke = false;
     let mut cases = Vec::new();
+    let mut context = false;
     let mut runs = None;
     let mut builders = None;
     let mut micro = true;
@@ -102,11 +113,15 @@ fn parse_options(args: &[OsString]) -> Result<Option<Options>> {
             "--no-micro" => micro = false,
             "--case" => {
                 let name = value("--case")?;
+                if name == CONTEXT_GROUP {
+                    context = true;
+                    continue;
+                }
                 match corpus::find(&name) {
                     Some(case) if !cases.iter().any(|c: &&Case| c.name == name) => cases.push(case),
                     Some(_) => {}
                     None => bail!(
-                        "unknown case {name:?}; the cases are {}",
+                        "unknown case {name:?}; the cases are {}, and {CONTEXT_GROUP}",
                         corpus::CASES
                             .iter()
                             .map(|c| c.name)
@@ -141,7 +156,8 @@ fn parse_options(args: &[OsString]) -> Result<Option<Options>> {
             _ => bail!("unknown argument {arg:?}\n\n{USAGE}"),
         }
     }
-    if cases.is_empty() {
+    if cases.is_empty() && !context {
+        context = true;
         let all = if smoke {
             &corpus::CASES[..corpus::SMOKE_CASES]
         } else {
@@ -155,23 +171,60 @@ fn parse_options(args: &[OsString]) -> Result<Option<Options>> {
     Ok(Some(Options {
         smoke,
         cases,
+        context,
         runs: runs.unwrap_or(if smoke { 1 } else { DEFAULT_RUNS }),
         builders,
         micro: micro && !smoke,
     }))
 }
 
+/// The `--case` name of the context group.
+const CONTEXT_GROUP: &str = "context";
+
+/// The context group's sources in this run.
+fn context_sources(options: &Options) -> &'static [Source] {
+    match (options.context, options.smoke) {
+        (false, _) => &[],
+        (true, true) => &Source::SMOKE,
+        (true, false) => &Source::ALL,
+    }
+}
+
 /// The Debian packages a run needs, with what each provides.
-fn packages(builders: &[Builder]) -> Vec<(&'static str, &'static str)> {
+fn packages(options: &Options) -> Vec<(&'static str, &'static str)> {
+    // The builders run only for the corpus.
+    let builders: &[Builder] = if options.cases.is_empty() {
+        &[]
+    } else {
+        &options.builders
+    };
     let mut list = vec![
-        ("docker-registry", "the registry every builder pushes to"),
-        ("busybox-static", "the busybox base image"),
-        ("umoci", "packaging the base images"),
-        ("skopeo", "pushing the base images"),
-        ("debootstrap", "the Debian base image"),
-        ("pigz", "the compression floor of big-file"),
+        (
+            "pigz",
+            "the compression floor of big-file, the context tarball",
+        ),
         ("fonts-dejavu-core", "the chart's font"),
     ];
+    if !options.cases.is_empty() {
+        list.extend([
+            ("docker-registry", "the registry every builder pushes to"),
+            ("busybox-static", "the busybox base image"),
+            ("umoci", "packaging the base images"),
+            ("skopeo", "pushing the base images"),
+            ("debootstrap", "the Debian base image"),
+        ]);
+    }
+    let sources = context_sources(options);
+    if !sources.is_empty() {
+        list.push(("curl", "the peer of the context group"));
+    }
+    if sources.contains(&Source::Git) {
+        list.push(("git", "the git server and peer of the context group"));
+    }
+    if sources.iter().any(|s| s.needs_test_tools()) {
+        list.push(("python3-venv", "moto and fake-gcs-server (context group)"));
+        list.push(("nodejs", "Azurite (context group)"));
+    }
     if builders.contains(&Builder::Buildah) {
         list.push(("buildah", "the buildah peer"));
     }
@@ -188,11 +241,21 @@ pub fn run(args: &[OsString]) -> Result<ExitCode> {
         println!("{USAGE}");
         return Ok(ExitCode::SUCCESS);
     };
-    crate::ensure_packages(&packages(&options.builders))?;
+    crate::ensure_packages(&packages(&options))?;
     crate::ensure_rust_target()?;
     let root = crate::workspace_root();
     let target = crate::target_dir(&root)?;
     let bench_dir = target.join("bench");
+    let sources = context_sources(&options);
+    let test_tools = if sources.iter().any(|s| s.needs_test_tools()) {
+        let tools = crate::ensure_test_servers(&target)?;
+        // The servers of kiln-e2e find their programs through this variable.
+        // SAFETY: no other thread runs yet: nothing has been started.
+        unsafe { std::env::set_var("KILN_TEST_TOOLS", &tools) };
+        Some(tools)
+    } else {
+        None
+    };
 
     // The smoke run checks that the harness works, not how fast kiln is:
     // it takes the debug build `cargo xtask test` already made, sparing CI
@@ -212,11 +275,12 @@ pub fn run(args: &[OsString]) -> Result<ExitCode> {
             kiln.display()
         );
     }
-    let docker_package = if options.builders.contains(&Builder::Buildkit) {
-        Some(docker_package(&bench_dir)?)
-    } else {
-        None
-    };
+    let docker_package =
+        if options.builders.contains(&Builder::Buildkit) && !options.cases.is_empty() {
+            Some(docker_package(&bench_dir)?)
+        } else {
+            None
+        };
 
     // The clock starts once kiln is built: building depends on what the
     // shared target directory already holds, measuring does not.
@@ -227,11 +291,42 @@ pub fn run(args: &[OsString]) -> Result<ExitCode> {
     }
     fs::create_dir_all(&logs)?;
     let work = WorkDir::new(bench_dir.join("work"))?;
-    let mut session = Session::start(&options, &work.0, &target, &kiln, docker_package.as_deref())?;
-    let (records, floors) = session.measure(&options, &kiln, &logs)?;
-    let mut versions = session.versions(&kiln);
+    let kiln_plugins = precompile_plugins(&kiln, &work.0)?;
+    let (records, floors, mut versions) = if options.cases.is_empty() {
+        (Vec::new(), Vec::new(), base_versions(&kiln))
+    } else {
+        let mut session = Session::start(
+            &options,
+            &work.0,
+            &target,
+            kiln_plugins.clone(),
+            docker_package.as_deref(),
+        )?;
+        let (records, floors) = session.measure(&options, &kiln, &logs)?;
+        (records, floors, session.versions(&kiln))
+    };
     versions[0].1.push_str(&format!(" ({profile} build)"));
-    drop(session);
+    let contexts = if sources.is_empty() {
+        None
+    } else {
+        let results = context::run(&context::Plan {
+            bytes: if options.smoke {
+                context::SMOKE_BYTES
+            } else {
+                context::FULL_BYTES
+            },
+            sources,
+            runs: options.runs,
+            kiln: &kiln,
+            plugins: &kiln_plugins,
+            work: &work.0,
+            logs: &logs,
+            test_tools: test_tools.as_deref(),
+        })?;
+        println!("xtask: the context group took {:.0} s", results.elapsed);
+        versions.extend(results.versions.iter().cloned());
+        Some(results)
+    };
 
     let micro = if !options.micro {
         Micro::Skipped(if options.smoke {
@@ -269,17 +364,21 @@ pub fn run(args: &[OsString]) -> Result<ExitCode> {
     } else {
         "kiln benchmarks"
     };
-    let canvas = chart::draw(
-        &rows,
-        "kiln's wall time ÷ the faster of buildah and BuildKit (lower is better)",
-        &chart::load_font()?,
-    )?;
-    chart::write_png(&canvas, &chart_path)?;
+    let chart_drawn = !rows.is_empty();
+    if chart_drawn {
+        let canvas = chart::draw(
+            &rows,
+            "kiln's wall time ÷ the faster of buildah and BuildKit (lower is better)",
+            &chart::load_font()?,
+        )?;
+        chart::write_png(&canvas, &chart_path)?;
+    }
     let invocation = std::iter::once("cargo xtask bench".to_owned())
         .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
         .collect::<Vec<_>>()
         .join(" ");
-    let commands = command_listing(&options.builders, &format!("target/{profile}/kiln"));
+    let kiln_program = format!("target/{profile}/kiln");
+    let commands = command_listing(&options.builders, &kiln_program);
     let corpus: Vec<(&'static str, &'static str, String)> = options
         .cases
         .iter()
@@ -303,23 +402,29 @@ pub fn run(args: &[OsString]) -> Result<ExitCode> {
         machine: &machine(),
         versions: &versions,
         commands: &commands,
-        chart: Some(chart_link),
+        chart: chart_drawn.then_some(chart_link),
+        contexts: contexts.as_ref(),
+        kiln_program: &kiln_program,
         invocation: &invocation,
         elapsed: started.elapsed().as_secs_f64(),
     });
     fs::write(&report_path, text)
         .with_context(|| format!("cannot write {}", report_path.display()))?;
-    println!(
-        "xtask: wrote {} and {}",
-        report_path.display(),
-        chart_path.display()
-    );
+    if chart_drawn {
+        println!(
+            "xtask: wrote {} and {}",
+            report_path.display(),
+            chart_path.display()
+        );
+    } else {
+        println!("xtask: wrote {}", report_path.display());
+    }
 
-    let failed = records.iter().filter(|r| r.outcome.is_err()).count();
+    let failed = records.iter().filter(|r| r.outcome.is_err()).count()
+        + contexts.as_ref().map_or(0, context::Results::failures);
     if failed > 0 {
         eprintln!(
-            "xtask: {failed} of {} builds failed (see {} and the logs in {})",
-            records.len(),
+            "xtask: {failed} builds or context runs failed (see {} and the logs in {})",
             report_path.display(),
             logs.display()
         );
@@ -343,7 +448,7 @@ impl Session {
         options: &Options,
         work: &Path,
         target: &Path,
-        kiln: &Path,
+        kiln_plugins: PathBuf,
         docker_package: Option<&Path>,
     ) -> Result<Session> {
         println!("xtask: making the base images");
@@ -375,7 +480,6 @@ impl Session {
             corpus::write_context(case, base, &dir)?;
             contexts.push(dir);
         }
-        let kiln_plugins = precompile_plugins(kiln, work, &busybox_ref, &registry.addr())?;
         let dockerd = match docker_package {
             Some(package) => {
                 println!("xtask: starting dockerd (BuildKit)");
@@ -455,16 +559,11 @@ impl Session {
 
     /// The versions of every tool involved.
     fn versions(&self, kiln: &Path) -> Vec<(String, String)> {
-        let mut versions = vec![
-            (
-                "kiln".to_owned(),
-                first_line(Command::new(kiln).arg("--version")),
-            ),
-            (
-                "buildah".to_owned(),
-                first_line(Command::new("buildah").arg("--version")),
-            ),
-        ];
+        let mut versions = base_versions(kiln);
+        versions.push((
+            "buildah".to_owned(),
+            first_line(Command::new("buildah").arg("--version")),
+        ));
         if let Some(dockerd) = &self.dockerd {
             versions.push((
                 "dockerd (BuildKit)".to_owned(),
@@ -478,12 +577,25 @@ impl Session {
             ("containerd", &["--version"]),
             ("runc", &["--version"]),
             ("pigz", &["--version"]),
-            ("rustc", &["--version"]),
         ] {
             versions.push((tool.to_owned(), first_line(Command::new(tool).args(args))));
         }
         versions
     }
+}
+
+/// kiln's and rustc's versions, which every report shows.
+fn base_versions(kiln: &Path) -> Vec<(String, String)> {
+    vec![
+        (
+            "kiln".to_owned(),
+            first_line(Command::new(kiln).arg("--version")),
+        ),
+        (
+            "rustc".to_owned(),
+            first_line(Command::new("rustc").arg("--version")),
+        ),
+    ]
 }
 
 /// The first line a tool prints (on stdout, else stderr), or why not.
@@ -549,12 +661,13 @@ fn pigz_floor(context: &Path, logs: &Path) -> Result<(String, f64)> {
 
 /// Runs kiln once to precompile its plugins, and returns the directory
 /// they are in, to be copied into every new kiln directory.
-fn precompile_plugins(kiln: &Path, work: &Path, busybox: &str, registry: &str) -> Result<PathBuf> {
+fn precompile_plugins(kiln: &Path, work: &Path) -> Result<PathBuf> {
     let context = work.join("contexts/plugins");
     fs::create_dir_all(&context)?;
+    // kiln compiles every plugin when it starts: the build can be empty.
     fs::write(
         context.join("Dockerfile"),
-        format!("FROM {busybox}\nLABEL purpose=precompile\n"),
+        "FROM scratch\nLABEL purpose=precompile\n",
     )?;
     let kiln_dir = work.join("kiln-plugins");
     let docker_config = work.join("docker-config");
@@ -565,8 +678,6 @@ fn precompile_plugins(kiln: &Path, work: &Path, busybox: &str, registry: &str) -
             .arg("--context")
             .arg(&context)
             .arg("--no-push")
-            .arg("--insecure-registry")
-            .arg(registry)
             .arg("--kaniko-dir")
             .arg(&kiln_dir)
             .env("DOCKER_CONFIG", &docker_config),
@@ -813,6 +924,8 @@ mod tests {
     fn defaults_run_everything_three_times() {
         let options = parse(&[]).unwrap().unwrap();
         assert_eq!(options.cases.len(), corpus::CASES.len());
+        assert!(options.context);
+        assert_eq!(context_sources(&options), Source::ALL);
         assert_eq!(options.runs, 3);
         assert_eq!(options.builders, Builder::ALL.to_vec());
         assert!(options.micro && options.is_complete());
@@ -823,6 +936,7 @@ mod tests {
         let options = parse(&["--smoke"]).unwrap().unwrap();
         let names: Vec<_> = options.cases.iter().map(|c| c.name).collect();
         assert_eq!(names, ["label-only", "run-small", "multi-stage"]);
+        assert_eq!(context_sources(&options), Source::SMOKE);
         assert_eq!(options.runs, 1);
         assert!(!options.micro && !options.is_complete());
     }
@@ -844,7 +958,15 @@ mod tests {
         assert_eq!(names, ["apt", "big-file"]);
         assert_eq!(options.runs, 5);
         assert_eq!(options.builders, [Builder::Kiln, Builder::Buildkit]);
-        assert!(!options.is_complete());
+        assert!(!options.context && !options.is_complete());
+        let only_contexts = parse(&["--case", "context"]).unwrap().unwrap();
+        assert!(only_contexts.cases.is_empty() && only_contexts.context);
+        let names: Vec<_> = packages(&only_contexts).iter().map(|p| p.0).collect();
+        assert!(
+            names.contains(&"git") && names.contains(&"nodejs"),
+            "{names:?}"
+        );
+        assert!(!names.contains(&"docker-registry"), "{names:?}");
         assert!(parse(&["--help"]).unwrap().is_none());
         for bad in [
             &["--case", "nope"][..],
