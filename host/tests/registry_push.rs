@@ -349,7 +349,7 @@ fn large_blobs_go_up_in_chunks_and_small_ones_in_one_put() {
     assert_eq!(lines.len(), 4, "{lines:?}");
     assert_eq!(logged_about(&image.layers[1].digest), Vec::<String>::new());
 
-    // A second push finds every blob and only puts the manifest again.
+    // A second push finds the manifest and only puts it again.
     reg.push(&dest, &image.push_image(), &store).unwrap();
     let again = registry.requests();
     assert_eq!(
@@ -357,8 +357,8 @@ fn large_blobs_go_up_in_chunks_and_small_ones_in_one_put() {
         count(&reqs, "POST", "/blobs/uploads/", 202)
     );
     assert_eq!(
-        count(&again, "HEAD", "/v2/chunks/app/blobs/", 200),
-        3,
+        count(&again, "HEAD", "/v2/chunks/app/manifests/sha256:", 200),
+        1,
         "{again:?}"
     );
 }
@@ -506,6 +506,59 @@ fn blobs_mount_from_the_base_repository_and_across_destinations() {
         "{reqs:?}"
     );
     assert_eq!(count(reqs, "PUT", "/manifests/", 201), 3, "{reqs:?}");
+}
+
+#[test]
+fn pushing_an_image_the_repository_holds_touches_no_blob() {
+    let registry = TestRegistry::start(None);
+    let kiln = tempfile::tempdir().unwrap();
+    let store = Store::open(kiln.path()).unwrap();
+    let layers: Vec<(Descriptor, Digest)> = (0..4)
+        .map(|i| layer(&store, "same", 40 + i, 2048))
+        .collect();
+    let image = TestImage::new(&store, layers, "same");
+    let (reg, _cfg) = client(None);
+    let first = reference(registry.addr, "team/same:1");
+    let digest = reg.push(&first, &image.push_image(), &store).unwrap();
+
+    let before = registry.requests().len();
+    let again = reference(registry.addr, "team/same:2");
+    assert_eq!(
+        reg.push(&again, &image.push_image(), &store).unwrap(),
+        digest
+    );
+    let reqs = &registry.requests()[before..];
+    assert_eq!(
+        count(reqs, "HEAD", "/v2/team/same/manifests/sha256:", 200),
+        1,
+        "{reqs:?}"
+    );
+    assert!(
+        !reqs.iter().any(|(_, u, _)| u.contains("/blobs/")),
+        "{reqs:?}"
+    );
+    assert_eq!(
+        count(reqs, "PUT", "/v2/team/same/manifests/2", 201),
+        1,
+        "{reqs:?}"
+    );
+    assert_pulls_back(&reg, &again, &digest, &image);
+
+    // Another repository lacks the manifest: its blobs go up as usual.
+    let other = reference(registry.addr, "team/other:1");
+    let before = registry.requests().len();
+    reg.push(&other, &image.push_image(), &store).unwrap();
+    let reqs = &registry.requests()[before..];
+    assert_eq!(
+        count(reqs, "HEAD", "/v2/team/other/manifests/sha256:", 404),
+        1,
+        "{reqs:?}"
+    );
+    assert_eq!(
+        count(reqs, "PUT", "/v2/team/other/blobs/uploads/", 201),
+        5,
+        "{reqs:?}"
+    );
 }
 
 #[test]

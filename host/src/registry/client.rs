@@ -294,7 +294,10 @@ struct Inner {
     config_path: Option<PathBuf>,
     config: DockerConfig,
     credentials: Mutex<HashMap<String, Credential>>,
-    endpoints: Mutex<HashMap<(String, Route), Arc<Endpoint>>>,
+    endpoints: Mutex<HashMap<EndpointKey, Arc<Endpoint>>>,
+    /// One gate per endpoint, held while it is pinged, so that threads
+    /// starting together ping once instead of each on its own.
+    pinging: Mutex<HashMap<EndpointKey, Arc<Mutex<()>>>>,
     tokens: Mutex<TokenCache>,
     /// Where each pulled image's manifest came from (original `repo_name`
     /// to the reference on the mirror that served it), so its blobs follow.
@@ -310,6 +313,9 @@ impl fmt::Debug for Registry {
             .finish_non_exhaustive()
     }
 }
+
+/// A registry and the route to it: what one ping finds out about.
+type EndpointKey = (String, Route);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -468,6 +474,7 @@ impl Registry {
                 config,
                 credentials: Mutex::new(HashMap::new()),
                 endpoints: Mutex::new(HashMap::new()),
+                pinging: Mutex::new(HashMap::new()),
                 tokens: Mutex::new(TokenCache::default()),
                 sources: Mutex::new(HashMap::new()),
             }),
@@ -539,6 +546,14 @@ impl Registry {
     /// Pings `registry` once per route: https first, then plain http where allowed.
     fn endpoint(&self, registry: &str, route: &Route) -> Result<Arc<Endpoint>, RegistryError> {
         let key = (registry.to_owned(), route.clone());
+        if let Some(ep) = lock(&self.inner.endpoints).get(&key) {
+            return Ok(ep.clone());
+        }
+        let gate = lock(&self.inner.pinging)
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _pinging = lock(&gate);
         if let Some(ep) = lock(&self.inner.endpoints).get(&key) {
             return Ok(ep.clone());
         }

@@ -12,7 +12,7 @@ use super::reference::Reference;
 use super::tls::Direction;
 use super::upload::Started;
 use crate::digest::Digest;
-use crate::image::manifest::Descriptor;
+use crate::image::manifest::{ACCEPT_MANIFESTS, Descriptor};
 use crate::store::Store;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -83,6 +83,17 @@ impl Registry {
                 repository: plan.repository,
                 push: true,
             };
+            // A repository that holds this very manifest holds its blobs:
+            // the registry checked them when the manifest was put (as
+            // go-containerregistry does, an identical rebuild skips them).
+            if self.manifest_exists(&repo, &digest) {
+                log::debug!(
+                    "{}/{} has manifest {digest}: its blobs are there",
+                    plan.registry,
+                    plan.repository
+                );
+                continue;
+            }
             let mount = |d: &Digest| mount_source(&plan, opts.mount_from.get(d));
             self.push_blobs(&repo, &layers, &mount, image.source, store)?;
             self.push_blobs(&repo, config.as_slice(), &mount, image.source, store)?;
@@ -296,6 +307,18 @@ impl Registry {
             );
         }
         Ok(())
+    }
+
+    /// True if `repo` has the manifest `digest`; any failure to tell
+    /// counts as no, and the blobs are pushed (and checked) one by one.
+    fn manifest_exists(&self, repo: &Repo<'_>, digest: &Digest) -> bool {
+        let path = format!("/v2/{}/manifests/{digest}", repo.repository);
+        self.send(repo, "HEAD", &path, &|agent, url, auth| {
+            authorized(agent.head(url), auth)
+                .header("Accept", ACCEPT_MANIFESTS)
+                .call()
+        })
+        .is_ok_and(|resp| resp.status().as_u16() == 200)
     }
 
     /// True if the registry has blob `digest` in `repo`.
