@@ -52,6 +52,32 @@ pub fn uri_encode(s: &str, keep_slash: bool) -> String {
     out
 }
 
+/// Undoes percent-encoding; a `%` not followed by two hex digits stays as
+/// it is, and bytes that are not UTF-8 become U+FFFD.
+pub fn uri_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| char::from(c).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Seconds since the epoch as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
 pub fn http_date(secs: u64) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
@@ -89,6 +115,13 @@ mod tests {
         assert_eq!(uri_encode("a b/c~d_e.f-g", true), "a%20b/c~d_e.f-g");
         assert_eq!(uri_encode("a/b+c=d", false), "a%2Fb%2Bc%3Dd");
         assert_eq!(uri_encode("\u{e4}", true), "%C3%A4");
+    }
+
+    #[test]
+    fn uri_decoding_undoes_encoding_and_keeps_stray_percents() {
+        assert_eq!(uri_decode(&uri_encode("a b/c%d+é", true)), "a b/c%d+é");
+        assert_eq!(uri_decode("p%40ss%2"), "p@ss%2");
+        assert_eq!(uri_decode("%+1%zz"), "%+1%zz");
     }
 
     #[test]

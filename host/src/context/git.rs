@@ -201,7 +201,7 @@ impl GitSource {
         let mut seen = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = super::remote::percent_decode(value);
+            let value = crate::cloud::uri_decode(value);
             if seen.contains(&key) {
                 return Err(format!("query {key:?} has multiple values"));
             }
@@ -335,9 +335,7 @@ pub fn fetch_git(
         ("GIT_PULL_METHOD", Some(m)) => Some(m.to_owned()),
         _ => std::env::var(k).ok(),
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = super::remote::now_secs();
     let resolved =
         remote::resolve("git", &source.plugin_url, &[], &env, now)?.ok_or_else(|| {
             GitSourceError::NoPlugin {

@@ -211,9 +211,7 @@ pub fn open(
         }
         _ => {
             let env = |k: &str| std::env::var(k).ok();
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let now = remote::now_secs();
             match remote::resolve(&scheme, url, &opts.git, &env, now)? {
                 Some(r) => {
                     log::info!("Fetching the build context from {}", r.url);

@@ -296,7 +296,7 @@ fn parse_git_url(url: &str) -> Result<GitUrl, RemoteError> {
     }
     let user = userinfo.map(|u| {
         let (name, password) = u.split_once(':').unwrap_or((u, ""));
-        (percent_decode(name), percent_decode(password))
+        (cloud::uri_decode(name), cloud::uri_decode(password))
     });
     let mut clean = format!("git://{host}/{path}");
     if let Some(f) = fragment {
@@ -318,29 +318,6 @@ fn redact_userinfo(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
-}
-
-pub(super) fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// kaniko's `--git` keys the plugin understands.
@@ -448,7 +425,7 @@ fn query_pairs(uri: &http::Uri) -> Vec<(String, String)> {
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
+            (cloud::uri_decode(k), cloud::uri_decode(v))
         })
         .collect()
 }
@@ -551,7 +528,8 @@ impl Signer for Basic {
     }
 }
 
-fn now_secs() -> u64 {
+/// Seconds since the epoch, for signatures and token requests.
+pub(super) fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

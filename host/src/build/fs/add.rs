@@ -90,33 +90,9 @@ fn url_path(url: &str) -> &str {
     rest.find('/').map_or("", |i| &rest[i..])
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| char::from(c).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).copied().and_then(hex),
-            b.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The file name of a download: the last segment of the URL's path.
 pub fn download_name(url: &str) -> String {
-    let path = percent_decode(url_path(url));
+    let path = crate::cloud::uri_decode(url_path(url));
     match path.trim_end_matches('/').rsplit('/').next() {
         Some(name) if !name.is_empty() && name != "." && name != ".." => name.to_owned(),
         _ => UNNAMED.to_owned(),
