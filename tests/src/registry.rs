@@ -56,6 +56,11 @@ impl Registry {
         self.issuer.as_ref()
     }
 
+    /// The registry process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `127.0.0.1:PORT`, as used in image references and `--insecure-registry`.
     pub fn addr(&self) -> String {
         self.addr.to_string()
