@@ -7,6 +7,7 @@ use kiln::cache::store::CacheRepo;
 use kiln::cli::{self, BuildArgs, Cli, Command, GcArgs, WarmArgs};
 use kiln::image::config::Platform;
 use kiln::registry::{self, RegistryOptions};
+use kiln::sandbox::Isolation;
 use kiln::snapshot::scan::SnapshotMode;
 use kiln::{cache, logging, sandbox, store};
 use std::process::ExitCode;
@@ -17,12 +18,15 @@ fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some(sandbox::INIT_ARG) {
         sandbox::init_main();
     }
-    // Mounts made by this process must stay private to it; unsharing only
-    // works while the process is still single-threaded.
-    let isolation = sandbox::enter_private_mount_namespace().map_err(|e| e.to_string());
     let cli = Cli::parse_from(cli::normalise_args(std::env::args().collect()));
     match cli.command {
-        Command::Build(args) => run_build(*args, isolation),
+        Command::Build(args) => {
+            // Mounts made by this process must stay private to it; unsharing
+            // only works while the process is still single-threaded.
+            let scratch = store::Store::scratch_dir(&kiln_dir(&args));
+            let isolation = sandbox::isolate(&scratch).map_err(|e| e.to_string());
+            run_build(*args, isolation)
+        }
         Command::Warm(args) => run_warm(&args),
         Command::Gc(args) => run_gc(&args),
     }
@@ -82,7 +86,14 @@ fn run_gc(args: &GcArgs) -> ExitCode {
     }
 }
 
-fn run_build(args: BuildArgs, isolation: Result<(), String>) -> ExitCode {
+/// The kiln directory a build uses.
+fn kiln_dir(args: &BuildArgs) -> std::path::PathBuf {
+    args.kaniko_dir
+        .clone()
+        .unwrap_or_else(build::default_kiln_dir)
+}
+
+fn run_build(args: BuildArgs, isolation: Result<Isolation, String>) -> ExitCode {
     let level = match logging::parse_level(&args.verbosity) {
         Ok(l) => l,
         Err(e) => return fail(&e, 1),
@@ -97,7 +108,10 @@ fn run_build(args: BuildArgs, isolation: Result<(), String>) -> ExitCode {
     }
 }
 
-fn build_options(args: &BuildArgs, isolation: Result<(), String>) -> anyhow::Result<Options> {
+fn build_options(
+    args: &BuildArgs,
+    isolation: Result<Isolation, String>,
+) -> anyhow::Result<Options> {
     if let Some(flag) = args.not_yet.first_given() {
         anyhow::bail!("flag {flag} is not supported yet by kiln");
     }
@@ -160,10 +174,7 @@ fn build_options(args: &BuildArgs, isolation: Result<(), String>) -> anyhow::Res
         platform,
         registry: registry_options(args)?,
         plugins: args.plugins.clone(),
-        kiln_dir: args
-            .kaniko_dir
-            .clone()
-            .unwrap_or_else(build::default_kiln_dir),
+        kiln_dir: kiln_dir(args),
         store_max_size: args.store_max_size,
         init_exe,
         container_root: container_root(args, &isolation)?,
@@ -181,7 +192,7 @@ fn build_options(args: &BuildArgs, isolation: Result<(), String>) -> anyhow::Res
 /// on its own root: inside a container, or with `--force`.
 fn container_root(
     args: &BuildArgs,
-    isolation: &Result<(), String>,
+    isolation: &Result<Isolation, String>,
 ) -> anyhow::Result<Option<ContainerRootOptions>> {
     if args.single_snapshot && args.cache {
         anyhow::bail!(

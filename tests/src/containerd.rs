@@ -253,10 +253,9 @@ impl KilnImage {
         let rootfs = context.join("rootfs");
         let kaniko = rootfs.join("kaniko");
         for sub in [
-            rootfs.join("kiln"),
+            rootfs.join("kiln/plugins"),
             kaniko.join(".docker"),
             kaniko.join("ssl/certs"),
-            kaniko.join("plugins"),
             rootfs.join("workspace"),
             context.join("busybox"),
         ] {
@@ -276,7 +275,7 @@ impl KilnImage {
             kaniko.join("ssl/certs/ca-certificates.crt"),
         )
         .context("cannot copy Debian's CA bundle (package ca-certificates)")?;
-        precompile(&kiln, dir.path(), &kaniko.join("plugins"))?;
+        precompile(&kiln, dir.path(), &rootfs.join("kiln/plugins"))?;
 
         let reference = registry.reference(repo_tag);
         let config = credentials_dir(registry)?;

@@ -7,7 +7,7 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use kiln_e2e::containerd::{Containerd, KilnImage, Run, credentials_dir};
-use kiln_e2e::{BaseImage, Image, Registry, kiln_bin};
+use kiln_e2e::{BaseImage, Image, Registry, kiln_bin, run_kiln};
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -185,6 +185,52 @@ fn check_app(
     Ok(())
 }
 
+/// Steps that exercise what a user namespace changes: owners beyond root,
+/// a setuid bit, a whiteout, an opaque directory (overlayfs marks it with
+/// `user.overlay.opaque` there), `--network=none`, a tmpfs mount, and the
+/// proc that a masked container refuses to mount afresh.
+const USER_NAMESPACE_STEPS: &str = "\
+RUN mkdir -p /opt/app/old && echo one > /opt/app/old/a && echo gone > /opt/app/gone\n\
+RUN rm /opt/app/gone && rm -rf /opt/app/old && mkdir /opt/app/old && echo two > /opt/app/old/b \\
+ && chown -R 1000:2000 /opt/app/old && chmod 4755 /opt/app/old/b\n\
+RUN --network=none --mount=type=tmpfs,target=/scratch echo t > /scratch/t \\
+ && echo \"$(id -u):$(id -g) $(test -r /proc/self/status && echo proc)\" > /opt/app/who\n";
+
+/// The layers [`USER_NAMESPACE_STEPS`] must give.
+fn check_user_namespace_layers(image: &Image) -> Result<()> {
+    let layers = image.layer_count()?;
+    let second = image.layer_entries(layers - 2)?;
+    let find = |path: &str| second.iter().find(|e| e.path == path);
+    ensure!(
+        find("opt/app/.wh.gone").is_some(),
+        "no whiteout: {second:#?}"
+    );
+    ensure!(
+        find("opt/app/old/.wh..wh..opq").is_some() && find("opt/app/old/a").is_none(),
+        "/opt/app/old is not opaque: {second:#?}"
+    );
+    let b = find("opt/app/old/b").context("no /opt/app/old/b")?;
+    ensure!(
+        (b.mode, b.uid, b.gid, b.data.as_slice()) == (0o4755, 1000, 2000, b"two\n".as_slice()),
+        "/opt/app/old/b: {b:?}"
+    );
+    let last = image.layer_entries(layers - 1)?;
+    let who = last
+        .iter()
+        .find(|e| e.path == "opt/app/who")
+        .context("no /opt/app/who")?;
+    ensure!(
+        who.data == b"0:0 proc\n",
+        "who: {:?}",
+        String::from_utf8_lossy(&who.data)
+    );
+    ensure!(
+        !last.iter().any(|e| e.path.starts_with("scratch/")),
+        "the tmpfs mount leaked into the layer: {last:#?}"
+    );
+    Ok(())
+}
+
 /// The seed's containerd section, with kiln's image: the kiln image pulled
 /// from a basic-auth registry, `ctr run --rm --net-host` with the docker
 /// config bound at /kaniko/.docker and the Dockerfile directory at
@@ -226,11 +272,22 @@ fn kiln_image_builds_inside_containerd_as_kaniko_does() -> Result<()> {
             &out,
             &containerd,
         )?;
-        // Under seccomp no namespace is possible: kiln must say that it
-        // builds on the container's root, and why.
+        // Under seccomp no namespace is possible; without it, a user
+        // namespace is, but kiln's directory lies on the container's overlayfs
+        // root, which cannot hold overlay upper directories. Either way kiln
+        // must say that it builds on the container's root, and why.
         ensure!(
-            !seccomp || log.contains("Building in container-root mode (inside a container"),
+            log.contains("Building in container-root mode (inside a container"),
             "kiln did not say which mode it chose:\n{log}"
+        );
+        let why = if seccomp {
+            "cannot create a user namespace"
+        } else {
+            "is on overlayfs"
+        };
+        ensure!(
+            log.contains("Isolated mode is unavailable") && log.contains(why),
+            "kiln did not say why it is not isolated ({why}):\n{log}"
         );
         ensure!(log.contains("Pushed "), "no Pushed line:\n{log}");
         check_app(
@@ -240,6 +297,63 @@ fn kiln_image_builds_inside_containerd_as_kaniko_does() -> Result<()> {
             &format!("app-{tag}"),
         )?;
     }
+
+    // Without seccomp and with a volume for kiln's directory, kiln builds
+    // isolated in a user namespace, to the byte what a privileged kiln
+    // builds from the same Dockerfile.
+    let rootless = tempfile::tempdir()?;
+    fs::write(
+        rootless.path().join("Dockerfile"),
+        format!("FROM {base}\n{USER_NAMESPACE_STEPS}"),
+    )?;
+    let state = tempfile::tempdir()?;
+    let out = containerd.run(&Run {
+        image: &image.reference,
+        name: "kiln-build-userns",
+        mounts: vec![
+            (config.path(), "/kaniko/.docker", false),
+            (rootless.path(), "/workspace", true),
+            (state.path(), "/kiln-state", true),
+        ],
+        seccomp: false,
+        args: executor_args(&[
+            "--dockerfile=/workspace/Dockerfile",
+            "--context=dir:///workspace",
+            &format!("--destination={}", registry.reference("flows/userns:1")),
+            "--kaniko-dir=/kiln-state",
+            "--reproducible",
+            "--insecure",
+        ]),
+    })?;
+    let log = ensure_ran("kiln in ctr with a volume", &out, &containerd)?;
+    ensure!(
+        log.contains("Building in isolated mode in a user namespace"),
+        "kiln did not build in a user namespace:\n{log}"
+    );
+    ensure!(
+        !fs::read_dir(state.path().join("plugins")).is_ok_and(|mut d| d.next().is_some()),
+        "kiln compiled plugins although its image ships them precompiled"
+    );
+    check_user_namespace_layers(&registry.image("flows/userns:1"))?;
+    run_kiln(
+        [
+            OsString::from("build"),
+            "--context".into(),
+            rootless.path().into(),
+            "--destination".into(),
+            registry.reference("flows/userns:privileged").into(),
+            "--reproducible".into(),
+            "--insecure-registry".into(),
+            registry.addr().into(),
+        ],
+        &[("DOCKER_CONFIG", config.path().as_os_str())],
+    )?
+    .ensure_success()?;
+    ensure!(
+        registry.image("flows/userns:1").digest()?
+            == registry.image("flows/userns:privileged").digest()?,
+        "the image built in a user namespace differs from the privileged build's"
+    );
 
     // The context as a gzip tar on standard input: `tar -cz | ctr run`.
     let destination = registry.reference("flows/app:stdin");

@@ -178,7 +178,7 @@ pub(crate) fn run(args: &[OsString]) -> Result<ExitCode> {
     }
     let context = work.join("context");
     let kiln = make_context(&built, &context)?;
-    precompile_plugins(&kiln, &work, &context.join("rootfs").join(IMAGE_KILN_DIR))?;
+    precompile_plugins(&kiln, &work, &context.join("rootfs/kiln/plugins"))?;
 
     let mut reports = Vec::new();
     for (stage, suffix) in VARIANTS {
@@ -232,10 +232,9 @@ fn make_context(built: &Path, context: &Path) -> Result<PathBuf> {
     let rootfs = context.join("rootfs");
     let kaniko = rootfs.join(IMAGE_KILN_DIR);
     for dir in [
-        rootfs.join("kiln"),
+        rootfs.join("kiln/plugins"),
         kaniko.join(".docker"),
         kaniko.join("ssl/certs"),
-        kaniko.join("plugins"),
         rootfs.join("workspace"),
         context.join("busybox"),
     ] {
@@ -279,10 +278,11 @@ fn make_context(built: &Path, context: &Path) -> Result<PathBuf> {
     Ok(kiln)
 }
 
-/// Runs the image's kiln once with the image's kiln directory so that it
-/// precompiles its built-in plugins there: the image then starts builds
-/// without compiling WebAssembly. Only the precompiled plugins are kept.
-fn precompile_plugins(kiln: &Path, work: &Path, image_kiln_dir: &Path) -> Result<()> {
+/// Runs the image's kiln once so that it precompiles its built-in plugins,
+/// and keeps them in `shipped`, the `plugins` directory beside the image's
+/// kiln, where kiln reads them whatever its kiln directory: the image then
+/// starts builds without compiling WebAssembly.
+fn precompile_plugins(kiln: &Path, work: &Path, shipped: &Path) -> Result<()> {
     let probe = work.join("precompile");
     fs::create_dir_all(&probe)?;
     fs::write(
@@ -306,7 +306,7 @@ fn precompile_plugins(kiln: &Path, work: &Path, image_kiln_dir: &Path) -> Result
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "cwasm") {
             let name = path.file_name().context("a plugin file has no name")?;
-            fs::copy(&path, image_kiln_dir.join("plugins").join(name))?;
+            fs::copy(&path, shipped.join(name))?;
             count += 1;
         }
     }
@@ -316,7 +316,7 @@ fn precompile_plugins(kiln: &Path, work: &Path, image_kiln_dir: &Path) -> Result
             kiln_dir.join("plugins").display()
         );
     }
-    println!("xtask: {count} precompiled plugins go into /kaniko/plugins");
+    println!("xtask: {count} precompiled plugins go into /kiln/plugins");
     Ok(())
 }
 

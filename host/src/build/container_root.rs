@@ -80,6 +80,7 @@ pub fn own_paths(opts: &Options, context_dir: Option<&Path>) -> Vec<PathBuf> {
     if Path::new("/busybox").is_dir() {
         own.push(PathBuf::from("/busybox"));
     }
+    own.extend(crate::plugin::shipped_plugins_dir());
     own.extend(
         opts.cache
             .as_ref()

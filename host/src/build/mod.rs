@@ -101,7 +101,7 @@ pub struct Options {
     pub init_exe: PathBuf,
     /// Whether kiln got a private mount namespace, where steps can mount
     /// their overlays; the reason when it did not.
-    pub isolation: Result<(), String>,
+    pub isolation: Result<crate::sandbox::Isolation, String>,
     /// Container-root mode, when there is no isolation but kiln may build
     /// on its own root (inside a container, or with `--force`).
     pub container_root: Option<ContainerRootOptions>,
@@ -527,11 +527,20 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
                 "Building in container-root mode ({}): steps run on / itself",
                 cr.reason
             );
+            if let Err(why) = &opts.isolation {
+                log::info!("Isolated mode is unavailable: {why}");
+            }
             Some(ContainerRoot::new(PathBuf::from("/"), exclude, cr))
         }
-        (Ok(()), _) => {
+        (Ok(crate::sandbox::Isolation::Privileged), _) => {
             log::info!(
                 "Building in isolated mode: each step runs in its own namespaces on an overlay"
+            );
+            None
+        }
+        (Ok(crate::sandbox::Isolation::UserNamespace), _) => {
+            log::info!(
+                "Building in isolated mode in a user namespace (kiln lacks CAP_SYS_ADMIN; every uid and gid maps to itself): each step runs in its own namespaces on an overlay"
             );
             None
         }

@@ -6,8 +6,8 @@
 //! it is ever created, modified or removed.
 
 use super::{
-    Exclusions, LayerError, OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX, XattrPairs,
-    is_overlay_xattr,
+    Exclusions, LayerError, OPAQUE_MARKER, WHITEOUT_PREFIX, XattrPairs, is_overlay_xattr,
+    opaque_xattr, user_xattrs,
 };
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
@@ -958,9 +958,13 @@ impl Unpacker<'_> {
         if self.opts.whiteouts == Whiteouts::Apply {
             return self.empty_opaque(dir, &fd);
         }
-        rustix::fs::fsetxattr(&fd, OPAQUE_XATTR, b"y", XattrFlags::empty()).map_err(|e| {
+        rustix::fs::fsetxattr(&fd, opaque_xattr(), b"y", XattrFlags::empty()).map_err(|e| {
             LayerError::Io {
-                action: "set trusted.overlay.opaque (needs root) on",
+                action: if user_xattrs() {
+                    "set user.overlay.opaque on"
+                } else {
+                    "set trusted.overlay.opaque (needs root) on"
+                },
                 path: host,
                 source: e.into(),
             }
@@ -1080,7 +1084,7 @@ fn is_whiteout(st: &rustix::fs::Stat) -> bool {
 /// True if the directory `fd` carries the opaque marker.
 fn is_opaque(fd: &OwnedFd) -> Result<bool, Errno> {
     let mut value = [0u8; 2];
-    match rustix::fs::fgetxattr(fd, OPAQUE_XATTR, &mut value) {
+    match rustix::fs::fgetxattr(fd, opaque_xattr(), &mut value) {
         Ok(n) => Ok(value[..n] == *b"y"),
         // Absent, unreadable without privilege, or not supported: not opaque.
         Err(Errno::NODATA | Errno::RANGE | Errno::PERM | Errno::OPNOTSUPP) => Ok(false),
@@ -1176,6 +1180,7 @@ fn remove_tree(pfd: &impl AsFd, name: &OsStr) -> Result<(), Errno> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::OPAQUE_XATTR;
     use super::*;
     use std::fs;
     use std::os::unix::fs::{FileTypeExt, MetadataExt};

@@ -5,7 +5,9 @@
 //! Extracted layers are kept in overlay format so they stack directly as
 //! overlayfs lower dirs: a tar whiteout `.wh.NAME` is a char device 0/0 named
 //! `NAME`, and an opaque marker `.wh..wh..opq` is the xattr
-//! `trusted.overlay.opaque=y` on its directory. Writing does the reverse.
+//! `trusted.overlay.opaque=y` on its directory (`user.overlay.opaque` when
+//! kiln runs in a user namespace, see [`use_user_xattrs`]). Writing does the
+//! reverse.
 
 pub mod apply;
 pub mod exclude;
@@ -19,6 +21,7 @@ pub use write::{Change, Compression, LayerBlob, WriteOptions, write_changes, wri
 use crate::store::StoreError;
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Prefix of a tar whiteout entry's file name.
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -26,6 +29,34 @@ const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 /// The xattr overlayfs reads to hide a lower directory's contents.
 const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// The same, for overlays mounted with `userxattr` in a user namespace,
+/// where `trusted.` xattrs cannot be written.
+const USER_OPAQUE_XATTR: &str = "user.overlay.opaque";
+
+/// Set once, before any layer is applied, when kiln has moved into a user
+/// namespace; a process-wide fact like its credentials, so a flag rather
+/// than a parameter threaded through every layer and store call.
+static USER_XATTRS: AtomicBool = AtomicBool::new(false);
+
+/// Makes this process apply, mount and store layers in the `user.overlay.`
+/// flavour that a `userxattr` overlay reads.
+pub fn use_user_xattrs() {
+    USER_XATTRS.store(true, Ordering::SeqCst);
+}
+
+/// Whether layers are in the `user.overlay.` flavour (see [`use_user_xattrs`]).
+pub fn user_xattrs() -> bool {
+    USER_XATTRS.load(Ordering::SeqCst)
+}
+
+/// The opaque-directory xattr of this process's overlay flavour.
+pub fn opaque_xattr() -> &'static str {
+    if user_xattrs() {
+        USER_OPAQUE_XATTR
+    } else {
+        OPAQUE_XATTR
+    }
+}
 /// Xattr namespaces that belong to overlayfs itself, never to image content
 /// (`user.overlay.` is what a rootless `userxattr` mount uses).
 const OVERLAY_XATTR_PREFIXES: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay."];

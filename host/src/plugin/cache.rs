@@ -19,13 +19,37 @@ pub fn cache_path(dir: &Path, engine: &Engine, wasm: &[u8]) -> PathBuf {
     dir.join(format!("{wasm_key}-{engine_key:016x}.cwasm"))
 }
 
-/// Loads `wasm` from the cache, compiling and storing it first if needed.
+/// The read-only directory of components precompiled when kiln was
+/// installed: `plugins` beside the executable (`/kiln/plugins` in kiln's
+/// image), so that a kiln directory on a fresh volume compiles nothing.
+pub fn shipped_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.join("plugins")).filter(|d| d.is_dir())
+}
+
+/// Loads `wasm` from `shipped` if it holds it precompiled for `engine`, else
+/// from the cache in `dir`, compiling and storing it there first if needed.
 pub fn load(
     dir: &Path,
+    shipped: Option<&Path>,
     engine: &Engine,
     name: &str,
     wasm: &[u8],
 ) -> Result<Component, PluginError> {
+    if let Some(shipped) = shipped {
+        let path = cache_path(shipped, engine, wasm);
+        if path.is_file() {
+            // SAFETY: as below; files there were written by `compile_into`
+            // of an engine with the compatibility hash in their name.
+            match unsafe { Component::deserialize_file(engine, &path) } {
+                Ok(c) => return Ok(c),
+                Err(e) => log::debug!(
+                    "shipped precompiled plugin {name} at {} is unusable ({e})",
+                    path.display()
+                ),
+            }
+        }
+    }
     let path = cache_path(dir, engine, wasm);
     if !path.is_file() {
         compile_into(dir, &path, engine, name, wasm)?;

@@ -22,6 +22,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 pub use bindings::instruction::kiln::plugin::instruction_types as wit;
+pub use cache::shipped_dir as shipped_plugins_dir;
 pub use host::{FileKind as HostFileKind, FileStat as HostFileStat};
 pub use net::{NetPolicy, Signer, authority};
 pub use types::{KeyValue, PluginError as WitError};
@@ -127,6 +128,7 @@ impl Drop for Ticker {
 pub struct Runtime {
     engine: Engine,
     cache_dir: PathBuf,
+    shipped_dir: Option<PathBuf>,
     instruction_linker: Linker<CallState>,
     context_linker: Linker<CallState>,
     _ticker: Ticker,
@@ -276,7 +278,8 @@ impl CallState {
 const STDERR_CAPTURE: usize = 64 << 10;
 
 impl Runtime {
-    /// Creates the engine; precompiled components are cached in `cache_dir`.
+    /// Creates the engine; precompiled components are cached in `cache_dir`
+    /// (and read from the ones shipped beside kiln, see [`shipped_plugins_dir`]).
     pub fn new(cache_dir: &Path) -> Result<Runtime, PluginError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
@@ -327,6 +330,7 @@ impl Runtime {
         Ok(Runtime {
             engine,
             cache_dir: cache_dir.to_owned(),
+            shipped_dir: cache::shipped_dir(),
             instruction_linker,
             context_linker,
             _ticker: Ticker(stop),
@@ -336,7 +340,13 @@ impl Runtime {
     /// Loads a component from its bytes (precompiling it on first use) and
     /// asks it what it handles.
     pub fn load(&self, name: &str, wasm: &[u8], limits: Limits) -> Result<Plugin, PluginError> {
-        let component = cache::load(&self.cache_dir, &self.engine, name, wasm)?;
+        let component = cache::load(
+            &self.cache_dir,
+            self.shipped_dir.as_deref(),
+            &self.engine,
+            name,
+            wasm,
+        )?;
         self.prepare(name, &component, limits)
     }
 

@@ -168,13 +168,22 @@ fn prepare_root(sys: &impl Syscall, spec: &InitSpec) -> Result<(), SandboxError>
     // pivot_root needs the new root to be a mount point.
     sys.bind(root, root, true)
         .map_err(at("bind-mount root onto itself", root))?;
-    sys.mount_fs(
+    match sys.mount_fs(
         "proc",
         &proc,
         MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
         "",
-    )
-    .map_err(at("mount proc on", &proc))?;
+    ) {
+        Ok(()) => {}
+        // In a user namespace the kernel refuses a new proc while the
+        // container's has masked paths (containerd's default), since a fresh
+        // one would reveal them: bind the container's, masks included, as
+        // rootless BuildKit and buildah do. The step then sees kiln's pids.
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => sys
+            .bind(Path::new("/proc"), &proc, true)
+            .map_err(at("bind-mount /proc (a new proc was refused) on", &proc))?,
+        Err(e) => return Err(at("mount proc on", &proc)(e)),
+    }
     sys.mount_fs("tmpfs", &dev, MountFlags::NOSUID, "mode=755,size=65536k")
         .map_err(at("mount tmpfs on", &dev))?;
     for name in DEVICES {
@@ -484,6 +493,17 @@ mod tests {
             | UnshareFlags::NEWUTS;
         assert_eq!(namespaces(Network::Host), base);
         assert_eq!(namespaces(Network::None), base | UnshareFlags::NEWNET);
+    }
+
+    #[test]
+    fn a_refused_proc_is_bound_from_kilns_own() {
+        let sys = RecordingSyscall::default();
+        // After MakePrivate, SetHostname and the root's bind: the proc mount.
+        sys.fail_at.set(Some(3));
+        prepare_root(&sys, &init_spec(Network::Host, &[])).unwrap();
+        let calls = sys.calls.borrow();
+        assert_eq!(calls[3], bind("/proc", "/m/proc", true));
+        assert!(calls.contains(&Call::SetUid(1000)), "{calls:?}");
     }
 
     #[test]

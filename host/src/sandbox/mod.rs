@@ -17,6 +17,7 @@ mod scaffold;
 mod ssh;
 mod syscall;
 pub mod user;
+mod userns;
 
 pub use direct::{DirectSpec, container_evidence, detect_container, run_direct};
 pub use init::{INIT_ARG, init_main};
@@ -36,6 +37,13 @@ pub enum SandboxError {
          or a user namespace, otherwise build in container-root mode"
     )]
     PrivateNamespace(io::Error),
+    #[error(
+        "kiln cannot isolate RUN steps here: no mount namespace ({mount}; that needs CAP_SYS_ADMIN) \
+         and no user namespace to build in ({user})"
+    )]
+    NoIsolation { mount: io::Error, user: String },
+    #[error("kiln entered a user namespace but cannot use it: {0}")]
+    UserNamespace(String),
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -69,6 +77,35 @@ pub enum SandboxError {
     Spawn { exe: PathBuf, source: io::Error },
     #[error("cannot set up the RUN sandbox: {0}")]
     Setup(String),
+}
+
+/// How kiln isolates RUN steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// With CAP_SYS_ADMIN, in kiln's own mount namespace.
+    Privileged,
+    /// Without it, in a user namespace mapping every id to itself.
+    UserNamespace,
+}
+
+/// Gives kiln the isolation RUN steps need: its own mount namespace with
+/// every mount private, or, where CAP_SYS_ADMIN is missing but user
+/// namespaces are allowed and overlayfs takes upper directories in
+/// `scratch`, a user namespace with one. Call it while the process is
+/// single-threaded: namespaces are entered by the calling thread and
+/// inherited only by threads and processes created afterwards.
+pub fn isolate(scratch: &Path) -> Result<Isolation, SandboxError> {
+    let mount = match enter_private_mount_namespace() {
+        Ok(()) => return Ok(Isolation::Privileged),
+        Err(SandboxError::PrivateNamespace(e)) => e,
+        Err(e) => return Err(e),
+    };
+    if let Err(user) = userns::probe(scratch) {
+        return Err(SandboxError::NoIsolation { mount, user });
+    }
+    userns::enter().map_err(SandboxError::UserNamespace)?;
+    crate::layer::use_user_xattrs();
+    Ok(Isolation::UserNamespace)
 }
 
 /// Moves kiln into its own mount namespace with every mount private, so the

@@ -20,6 +20,17 @@ const PORTABLE_OPTIONS: [(&str, &str); 4] = [
     ("metacopy", "off"),
 ];
 
+/// [`PORTABLE_OPTIONS`] for this process's overlays: with `userxattr` the
+/// kernel takes only `redirect_dir=nofollow` (which creates no redirects
+/// either) and calls any other value a conflict.
+fn portable_options() -> [(&'static str, &'static str); 4] {
+    let mut options = PORTABLE_OPTIONS;
+    if crate::layer::user_xattrs() {
+        options[2].1 = "nofollow";
+    }
+    options
+}
+
 /// `mount(2)` copies its data argument into one page; 4096 is the smallest
 /// page Linux runs on, and the terminating NUL needs a byte of it.
 const MOUNT_DATA_LIMIT: usize = 4095;
@@ -145,13 +156,17 @@ fn mount_with_fs_context(
         .map_err(|e| explain(format!("upper directory {}", upper.display()), e))?;
     rustix::mount::fsconfig_set_string(&fs, "workdir", work)
         .map_err(|e| explain(format!("work directory {}", work.display()), e))?;
-    for (key, value) in PORTABLE_OPTIONS {
+    for (key, value) in portable_options() {
         if let Err(e) = rustix::mount::fsconfig_set_string(&fs, key, value) {
             log::debug!(
                 "overlayfs does not take {key}={value} ({e}): {}",
                 context_log(fs.as_fd())
             );
         }
+    }
+    if crate::layer::user_xattrs() {
+        rustix::mount::fsconfig_set_flag(&fs, "userxattr")
+            .map_err(|e| explain("overlayfs refuses userxattr".to_owned(), e))?;
     }
     // A step's upper dir becomes a layer or is thrown away, never mounted
     // again, so overlayfs need not sync the whole filesystem when it is
@@ -198,9 +213,12 @@ fn option_string(
         lowers.join(":")
     );
     if portable {
-        for (key, value) in PORTABLE_OPTIONS {
+        for (key, value) in portable_options() {
             s.push_str(&format!(",{key}={value}"));
         }
+    }
+    if crate::layer::user_xattrs() {
+        s.push_str(",userxattr");
     }
     if s.len() > MOUNT_DATA_LIMIT {
         return Err(SandboxError::TooManyLayers {
@@ -264,7 +282,10 @@ fn mount_with_option_string(
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 let plain = attempt(false)?;
                 if plain.is_ok() {
-                    log::debug!("overlayfs refuses {PORTABLE_OPTIONS:?}; mounting without them");
+                    log::debug!(
+                        "overlayfs refuses {:?}; mounting without them",
+                        portable_options()
+                    );
                     let _ = PORTABLE_ACCEPTED.set(false);
                 }
                 plain

@@ -3,6 +3,7 @@
 
 use super::overlay;
 use super::scaffold::resolve_mount_point;
+use rustix::fs::StatVfsMountFlags;
 use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
 use rustix::thread::UnshareFlags;
 use std::fs;
@@ -27,8 +28,9 @@ pub(crate) trait Syscall {
     ) -> io::Result<()>;
     /// Bind-mounts `source` onto `target`.
     fn bind(&self, source: &Path, target: &Path, recursive: bool) -> io::Result<()>;
-    /// Sets the per-mount flags of an existing bind mount to exactly `flags`
-    /// (`RDONLY`, `NOSUID`, ...).
+    /// Sets the per-mount flags of an existing bind mount to `flags`
+    /// (`RDONLY`, `NOSUID`, ...) plus the ones it has that a user namespace
+    /// locks (`NOSUID`, `NODEV`, `NOEXEC` and the atime flags).
     fn remount_bind(&self, target: &Path, flags: MountFlags) -> io::Result<()>;
     /// Finds (creating what is missing: directories, and an empty file last
     /// when `file`) where `target`, absolute in the image, lands when `root`
@@ -129,7 +131,22 @@ impl Syscall for LinuxSyscall {
     }
 
     fn remount_bind(&self, target: &Path, flags: MountFlags) -> io::Result<()> {
-        rustix::mount::mount_remount(target, MountFlags::BIND | flags, "")?;
+        // In a user namespace, dropping a flag the kernel locked on a mount
+        // inherited from outside fails with EPERM; keeping them only ever
+        // makes the mount stricter.
+        let current = rustix::fs::statvfs(target)?.f_flag;
+        let kept = [
+            (StatVfsMountFlags::NOSUID, MountFlags::NOSUID),
+            (StatVfsMountFlags::NODEV, MountFlags::NODEV),
+            (StatVfsMountFlags::NOEXEC, MountFlags::NOEXEC),
+            (StatVfsMountFlags::NOATIME, MountFlags::NOATIME),
+            (StatVfsMountFlags::NODIRATIME, MountFlags::NODIRATIME),
+            (StatVfsMountFlags::RELATIME, MountFlags::RELATIME),
+        ]
+        .into_iter()
+        .filter(|(has, _)| current.contains(*has))
+        .fold(MountFlags::empty(), |all, (_, flag)| all | flag);
+        rustix::mount::mount_remount(target, MountFlags::BIND | flags | kept, "")?;
         Ok(())
     }
 
@@ -402,6 +419,8 @@ pub(crate) mod fake {
         fn record(&self, call: Call) -> io::Result<()> {
             let mut calls = self.calls.borrow_mut();
             if self.fail_at.get() == Some(calls.len()) {
+                // Once: a caller that recovers goes on with the next index.
+                self.fail_at.set(None);
                 return Err(io::Error::from_raw_os_error(libc::EPERM));
             }
             calls.push(call);

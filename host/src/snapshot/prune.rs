@@ -43,7 +43,7 @@ fn prune(upper: &Path, rel: &Path, lowers: &[&Path]) -> Result<bool, SnapshotErr
     if !empty || rel.as_os_str().is_empty() {
         return Ok(false);
     }
-    if xattr::get(&dir, "trusted.overlay.opaque")
+    if xattr::get(&dir, crate::layer::opaque_xattr())
         .ok()
         .flatten()
         .is_some()

@@ -26,6 +26,8 @@ const LIVE_DIR: &str = "live";
 const BLOBS_DIR: &str = "blobs/sha256";
 const LAYERS_DIR: &str = "layers";
 const TMP_DIR: &str = "tmp";
+/// The name suffix of layers extracted for `userxattr` overlays.
+const USER_XATTRS_SUFFIX: &str = "-userxattr";
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +145,12 @@ fn touch_atime(path: &Path) -> io::Result<()> {
 }
 
 impl Store {
+    /// The scratch directory of the store in `kiln_dir`, where overlay
+    /// upper directories are made.
+    pub fn scratch_dir(kiln_dir: &Path) -> PathBuf {
+        kiln_dir.join("store").join(TMP_DIR)
+    }
+
     /// Opens (creating if needed) the store inside `kiln_dir` and registers
     /// this process as one of its live users until the last clone drops.
     pub fn open(kiln_dir: &Path) -> Result<Store, StoreError> {
@@ -223,9 +231,22 @@ impl Store {
     /// The directory holding the extracted (overlay-format) layer `id`;
     /// marks it used when it exists.
     pub fn layer_dir(&self, id: &Digest) -> PathBuf {
-        let path = self.root.join(LAYERS_DIR).join(id.hex());
+        let path = self.layer_path(id);
         self.mark_used(&path);
         path
+    }
+
+    /// Where layer `id` lives in this process's overlay flavour: a layer
+    /// applied in a user namespace marks opaque directories with
+    /// `user.overlay.opaque`, which a privileged overlay ignores (and the
+    /// reverse), so the two flavours never share a directory.
+    fn layer_path(&self, id: &Digest) -> PathBuf {
+        let name = if crate::layer::user_xattrs() {
+            format!("{}{USER_XATTRS_SUFFIX}", id.hex())
+        } else {
+            id.hex().to_owned()
+        };
+        self.root.join(LAYERS_DIR).join(name)
     }
 
     /// A fresh scratch directory on the store's filesystem, removed on drop.
@@ -244,7 +265,7 @@ impl Store {
         dir: tempfile::TempDir,
         id: &Digest,
     ) -> Result<PathBuf, StoreError> {
-        let dest = self.root.join(LAYERS_DIR).join(id.hex());
+        let dest = self.layer_path(id);
         let src = dir.keep();
         let _lock = self.lock_shared()?;
         match fs::rename(&src, &dest) {
