@@ -69,7 +69,13 @@ fn kubernetes_manifests_validate_strictly() -> Result<()> {
         .filter_map(|p| p.file_name())
         .map(|n| n.to_string_lossy().into_owned())
         .collect();
-    for wanted in ["pod.yaml", "job.yaml", "s3-job.yaml", "stdin-pod.yaml"] {
+    for wanted in [
+        "pod.yaml",
+        "isolated-pod.yaml",
+        "job.yaml",
+        "s3-job.yaml",
+        "stdin-pod.yaml",
+    ] {
         ensure!(
             names.iter().any(|n| n == wanted),
             "deploy/kubernetes has no {wanted}: {names:?}"
