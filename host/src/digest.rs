@@ -85,6 +85,11 @@ impl<W: Write> HashingWriter<W> {
         }
     }
 
+    /// The inner writer.
+    pub fn get_ref(&self) -> &W {
+        &self.inner
+    }
+
     /// The inner writer, the digest and the byte count of what was written.
     pub fn finish(self) -> (W, Digest, u64) {
         (self.inner, Digest::from_hasher(self.hasher), self.len)

@@ -172,6 +172,11 @@ impl Transfer {
         Transfer::show(verb, Subject::Blob(digest.clone()), total)
     }
 
+    /// A transfer that shows nothing (an upload running ahead of the push).
+    pub fn quiet() -> Transfer {
+        Transfer { shared: None }
+    }
+
     /// Starts showing the download of the build context, whatever its
     /// size: it is known only once the last byte is in.
     pub fn context() -> Transfer {

@@ -93,6 +93,22 @@ impl TestRegistry {
         }
     }
 
+    /// The requests once `done` holds of them (the log trails the answers).
+    fn logged(
+        &self,
+        done: impl Fn(&[(String, String, u16)]) -> bool,
+    ) -> Vec<(String, String, u16)> {
+        let start = Instant::now();
+        loop {
+            let reqs = self.requests();
+            if done(&reqs) {
+                return reqs;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "{reqs:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -637,4 +653,92 @@ fn push_permission_is_checked_with_a_cancelled_upload() {
 fn base64_basic(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// Reads `inner`, calling `pause` once when `at` bytes have been read.
+struct PauseAt<R, F: FnMut()> {
+    inner: R,
+    at: u64,
+    read: u64,
+    pause: Option<F>,
+}
+
+impl<R: Read, F: FnMut()> Read for PauseAt<R, F> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.read >= self.at
+            && let Some(mut pause) = self.pause.take()
+        {
+            pause();
+        }
+        let room = if self.pause.is_some() {
+            buf.len().min((self.at - self.read) as usize)
+        } else {
+            buf.len()
+        };
+        let n = self.inner.read(&mut buf[..room])?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_blob_goes_up_while_it_is_written_and_the_push_waits_for_it() {
+    let registry = TestRegistry::start(None);
+    let kiln = tempfile::tempdir().unwrap();
+    let store = Store::open(kiln.path()).unwrap();
+    let (reg, _cfg) = client(None);
+    let dest = reference(registry.addr, "team/stream:1");
+    let patched = |reqs: &[(String, String, u16)]| {
+        count(reqs, "PATCH", "/v2/team/stream/blobs/uploads/", 202)
+    };
+
+    // A 40 MiB layer; halfway through, the writer waits until whole chunks
+    // of what it wrote so far have reached the registry.
+    let size: u64 = 40 << 20;
+    let blob = store.blob_writer().unwrap();
+    let upload = reg.upload_growing(&dest, blob.reopen().unwrap());
+    let gz = GzEncoder::new(blob, Compression::none());
+    let mut tar = tar::Builder::new(HashingWriter::new(gz));
+    let mut h = tar::Header::new_ustar();
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    let data = PauseAt {
+        inner: Noise(7, size),
+        at: size / 2,
+        read: 0,
+        pause: Some(|| {
+            registry.logged(|reqs| patched(reqs) > 0);
+        }),
+    };
+    tar.append_data(&mut h, "big", data).unwrap();
+    let (gz, diff_id, _) = tar.into_inner().unwrap().finish();
+    let (digest, blob_size) = gz.finish().unwrap().commit(None).unwrap();
+    upload.complete(&digest, blob_size);
+
+    // The push finds the layer there (waiting for the upload's end); only
+    // the config goes up besides.
+    let layer = Descriptor {
+        media_type: manifest::DOCKER_LAYER_GZIP.to_owned(),
+        digest,
+        size: blob_size,
+        urls: None,
+        annotations: None,
+        platform: None,
+    };
+    let image = TestImage::new(&store, vec![(layer, diff_id)], "stream");
+    let pushed = reg.push(&dest, &image.push_image(), &store).unwrap();
+    let reqs = registry.logged(|reqs| count(reqs, "PUT", "/v2/team/stream/manifests/1", 201) == 1);
+    assert_eq!(
+        count(&reqs, "PUT", "/v2/team/stream/blobs/uploads/", 201),
+        2,
+        "{reqs:?}"
+    );
+    assert_eq!(patched(&reqs), 3, "{reqs:?}");
+    assert_pulls_back(&reg, &dest, &pushed, &image);
+
+    // An upload whose blob is abandoned is cancelled.
+    let blob = store.blob_writer().unwrap();
+    drop(reg.upload_growing(&dest, blob.reopen().unwrap()));
+    registry.logged(|reqs| count(reqs, "DELETE", "/v2/team/stream/blobs/uploads/", 204) == 1);
 }

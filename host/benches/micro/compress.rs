@@ -57,6 +57,7 @@ pub fn run(cfg: &Config) -> Result<()> {
         let opts = WriteOptions {
             mtime_clamp: Some(0),
             compression: codec.compression,
+            watcher: None,
         };
         let (kiln, peer) = alternate(
             &bench,

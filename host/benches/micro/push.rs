@@ -141,6 +141,7 @@ impl CachedImage {
         let opts = WriteOptions {
             mtime_clamp: Some(0),
             compression: Compression::Gzip { level: 1 },
+            watcher: None,
         };
         let layer = write_layer(&tree, &store, &opts)?.context("the noise tree is empty")?;
         fs::remove_dir_all(&tree)?;

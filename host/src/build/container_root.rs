@@ -14,6 +14,7 @@ use super::stage::{Layer, StageCtx, apply_layer};
 use super::{BuildError, Options};
 use crate::cache::store::CacheRepo;
 use crate::digest::Digest;
+use crate::layer::write::Watcher;
 use crate::layer::{Change, Exclusions, LayerBlob, WriteOptions, write_changes};
 use crate::snapshot::SnapshotError;
 use crate::snapshot::scan::{self, Index, SnapshotMode, Stamp};
@@ -174,6 +175,7 @@ impl ContainerRoot {
         &self,
         sctx: &StageCtx<'_>,
         since: Option<Stamp>,
+        watcher: Option<Watcher>,
     ) -> Result<Option<LayerBlob>, BuildError> {
         let mut st = self.lock();
         let old = st
@@ -207,6 +209,7 @@ impl ContainerRoot {
         let opts = WriteOptions {
             compression: sctx.opts.compression,
             mtime_clamp: sctx.opts.reproducible,
+            watcher,
         };
         let blob = write_changes(&self.root, &listed, sctx.store, &opts)?;
         if let Some(b) = &blob {

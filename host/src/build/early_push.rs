@@ -5,10 +5,13 @@
 //! the image at the end only checks that the blobs are there and puts the
 //! manifest.
 
+use crate::digest::Digest;
 use crate::image::manifest::Descriptor;
-use crate::registry::{Reference, Registry, RegistryError};
+use crate::layer::write::{BlobWatch, BlobWatcher, Watcher};
+use crate::registry::{GrowingUpload, Reference, Registry, RegistryError};
 use crate::store::Store;
-use std::sync::{Mutex, mpsc};
+use std::fs::File;
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
 /// The background uploader.
@@ -65,6 +68,51 @@ impl EarlyPush {
         if let Some(worker) = worker {
             let _ = worker.join();
         }
+    }
+}
+
+/// Uploads the layers of the image's stages while they are compressed, to
+/// the repository their push (or the layer cache's) reads them from: the
+/// push then finds them there, or waits for the last chunks.
+pub struct LayerStream {
+    /// Stages whose layers end up in the image, by index.
+    in_image: Vec<bool>,
+    to: Arc<StreamTo>,
+}
+
+struct StreamTo {
+    registry: Registry,
+    repository: Reference,
+}
+
+impl LayerStream {
+    /// Streams the layers of the stages marked in `in_image` to `repository`.
+    pub fn new(registry: Registry, repository: Reference, in_image: Vec<bool>) -> LayerStream {
+        LayerStream {
+            in_image,
+            to: Arc::new(StreamTo {
+                registry,
+                repository,
+            }),
+        }
+    }
+
+    /// What watches the layers that stage `stage` writes, if they stream.
+    pub fn watcher(&self, stage: usize) -> Option<Watcher> {
+        let streams = self.in_image.get(stage).copied().unwrap_or(false);
+        streams.then(|| Watcher(self.to.clone()))
+    }
+}
+
+impl BlobWatcher for StreamTo {
+    fn watch(&self, file: File) -> Box<dyn BlobWatch> {
+        Box::new(self.registry.upload_growing(&self.repository, file))
+    }
+}
+
+impl BlobWatch for GrowingUpload {
+    fn complete(self: Box<Self>, digest: &Digest, size: u64) {
+        GrowingUpload::complete(*self, digest, size);
     }
 }
 

@@ -24,7 +24,7 @@ use crate::plugin::{self, Kind, Limits, Plugin, Runtime, wit};
 use crate::registry::{Registry, RegistryOptions};
 use crate::store::Store;
 use container_root::{ContainerRoot, ContainerRootOptions};
-use early_push::{EarlyPush, PushCheck};
+use early_push::{EarlyPush, LayerStream, PushCheck};
 use stage::{Stage, StageCtx};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -631,27 +631,38 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
     let cache_uploads = caching
         .as_ref()
         .is_some_and(|c| c.pusher.is_some() && c.layers.layer_source().is_some());
-    let early_push =
-        (!opts.no_push && !opts.destinations.is_empty() && !cache_uploads).then(|| {
-            let base_of: Vec<Option<usize>> = plans
-                .iter()
-                .map(
-                    |p| match plan::resolve_from(&p.base, &names[..p.index], p.index) {
-                        Ok(plan::FromRef::Stage(i)) => Some(i),
-                        _ => None,
-                    },
-                )
-                .collect();
-            EarlyPush::start(
-                registry.clone(),
-                destinations.clone(),
-                store.clone(),
-                early_push::image_chain(target, &base_of),
-            )
-        });
+    let pushes = !opts.no_push && !destinations.is_empty();
+    let base_of: Vec<Option<usize>> = plans
+        .iter()
+        .map(
+            |p| match plan::resolve_from(&p.base, &names[..p.index], p.index) {
+                Ok(plan::FromRef::Stage(i)) => Some(i),
+                _ => None,
+            },
+        )
+        .collect();
+    let in_image = early_push::image_chain(target, &base_of);
+    let early_push = (pushes && !cache_uploads).then(|| {
+        EarlyPush::start(
+            registry.clone(),
+            destinations.clone(),
+            store.clone(),
+            in_image.clone(),
+        )
+    });
+    // Where the image's layers are first uploaded: the layer cache, which
+    // the push mounts them from, or the first destination.
+    let stream_to = match caching.as_ref().and_then(|c| c.layers.layer_source()) {
+        Some(cache) if cache_uploads => Some(cache),
+        _ => destinations.first().cloned(),
+    };
+    let layer_stream = stream_to
+        .filter(|_| pushes)
+        .map(|to| LayerStream::new(registry.clone(), to, in_image));
     let sctx = StageCtx {
         container_root: container_root.as_ref(),
         early_push: early_push.as_ref(),
+        layer_stream: layer_stream.as_ref(),
         push_check: push_check.as_ref(),
         cache: caching.as_ref(),
         http: &http,

@@ -3,7 +3,7 @@
 
 use super::caching::{self, Caching};
 use super::container_root::ContainerRoot;
-use super::early_push::{EarlyPush, PushCheck};
+use super::early_push::{EarlyPush, LayerStream, PushCheck};
 use super::fs::{self as imagefs, Copy, Owner};
 use super::mounts;
 use super::plan::{self, FromRef};
@@ -47,6 +47,8 @@ pub struct StageCtx<'a> {
     pub container_root: Option<&'a ContainerRoot>,
     /// Uploads the image's new layers while the build goes on.
     pub early_push: Option<&'a EarlyPush>,
+    /// Streams the image's layers to the registry while they are written.
+    pub layer_stream: Option<&'a LayerStream>,
     /// The push-permission check, awaited before a step does real work.
     pub push_check: Option<&'a PushCheck>,
 }
@@ -770,7 +772,8 @@ impl Stage {
                 let cr = sctx
                     .container_root
                     .expect("in-place steps exist only in container-root mode");
-                return Ok(cr.snapshot(sctx, since)?.map(layer_of));
+                let watcher = sctx.layer_stream.and_then(|s| s.watcher(self.index));
+                return Ok(cr.snapshot(sctx, since, watcher)?.map(layer_of));
             }
             Step::Overlay { upper, mount, .. } => (upper, mount),
         };
@@ -816,6 +819,7 @@ impl Stage {
         let opts = WriteOptions {
             compression: sctx.opts.compression,
             mtime_clamp: sctx.opts.reproducible,
+            watcher: sctx.layer_stream.and_then(|s| s.watcher(self.index)),
         };
         let Some(blob) = snapshot_upper(upper.path(), sctx.store, &opts)? else {
             return Ok(None);

@@ -4,10 +4,8 @@
 //! unpacked into the store like a remote context.
 
 use super::{ContextError, plugin_for, remote};
-use crate::layer::apply::{UnpackOptions, Whiteouts, unpack};
 use crate::plugin::{KeyValue, Opened, Plugin, Policy, Runtime};
 use crate::store::Store;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Git source failures.
@@ -52,18 +50,6 @@ pub struct GitSource {
     pub checksum: Option<String>,
     /// `?submodules=`: whether submodules are fetched (BuildKit's default: yes).
     pub submodules: bool,
-}
-
-/// `url` with any `user:password@` masked, for messages.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..end].rsplit_once('@') {
-        Some((_, host)) => format!("{scheme}://***@{host}{}", &rest[end..]),
-        None => url.to_owned(),
-    }
 }
 
 /// The https URL suggested for an ssh one.
@@ -134,19 +120,19 @@ impl GitSource {
             Some("http") => Some("http"),
             Some("ssh") | None => {
                 return Err(GitSourceError::Ssh {
-                    url: redact(src),
+                    url: remote::redact_userinfo(src),
                     https: https_for_ssh(src),
                 });
             }
             Some(other) => {
                 return Err(GitSourceError::Invalid {
-                    url: redact(src),
+                    url: remote::redact_userinfo(src),
                     reason: format!("unknown scheme {other}://; use https://, http:// or git://"),
                 });
             }
         };
         let bad = |reason: String| GitSourceError::Invalid {
-            url: redact(src),
+            url: remote::redact_userinfo(src),
             reason,
         };
         let rest = &src[src.find("://").map_or(0, |i| i + 3)..];
@@ -362,54 +348,27 @@ pub fn fetch_git(
         ..Policy::default()
     };
     log::info!("Fetching {}", resolved.url);
-    let dir = fetcher.store.temp_dir("add-git-")?;
-    match plugin.open_context(fetcher.rt, &resolved.url, &options, &policy)? {
-        Opened::Tar(stream) => {
-            let unpack_opts = UnpackOptions {
-                whiteouts: Whiteouts::Reject,
-                preserve_owners: false,
-                lowers: Vec::new(),
-                exclude: Default::default(),
-            };
-            unpack(stream, dir.path(), &unpack_opts).map_err(|e| ContextError::Unpack {
-                url: source.display.clone(),
-                message: e.to_string(),
-            })?;
-        }
+    let dir = match plugin.open_context(fetcher.rt, &resolved.url, &options, &policy)? {
+        Opened::Tar(stream) => super::unpack_stream(stream, fetcher.store, &source.display)?,
         Opened::Directory(_) => {
             return Err(GitSourceError::NotAnArchive {
                 url: source.display.clone(),
             }
             .into());
         }
-    }
+    };
     drop(scratch);
     let root = match &source.subdir {
         None => dir.path().to_owned(),
-        Some(sub) => checked_subdir(dir.path(), sub).map_err(|reason| GitSourceError::Subdir {
-            url: source.display.clone(),
-            subdir: sub.clone(),
-            reason,
-        })?,
+        Some(sub) => super::checked_subdir(dir.path(), Path::new(sub), "the repository").map_err(
+            |reason| GitSourceError::Subdir {
+                url: source.display.clone(),
+                subdir: sub.clone(),
+                reason,
+            },
+        )?,
     };
     Ok(Fetched { root, _dir: dir })
-}
-
-/// `root/sub`, which must be a directory reached through directories only.
-fn checked_subdir(root: &Path, sub: &str) -> Result<PathBuf, String> {
-    let mut at = root.to_owned();
-    for part in sub.split('/') {
-        at.push(part);
-        let md =
-            fs::symlink_metadata(&at).map_err(|_| "does not exist in the repository".to_owned())?;
-        if md.file_type().is_symlink() {
-            return Err("passes through a symlink".into());
-        }
-        if !md.is_dir() {
-            return Err("is not a directory in the repository".into());
-        }
-    }
-    Ok(at)
 }
 
 #[cfg(test)]
@@ -553,32 +512,5 @@ mod tests {
         let mut s = parse("https://h/r.git");
         let e = s.merge_checksum(Some("sha256:00")).unwrap_err().to_string();
         assert!(e.contains("commit id"), "{e}");
-    }
-
-    #[test]
-    fn subdirectories_must_be_real_directories() {
-        let dir = tempfile::tempdir().unwrap();
-        fs::create_dir_all(dir.path().join("a/b")).unwrap();
-        fs::write(dir.path().join("a/f"), "x").unwrap();
-        std::os::unix::fs::symlink("a", dir.path().join("l")).unwrap();
-        assert_eq!(
-            checked_subdir(dir.path(), "a/b").unwrap(),
-            dir.path().join("a/b")
-        );
-        assert!(
-            checked_subdir(dir.path(), "a/f")
-                .unwrap_err()
-                .contains("not a directory")
-        );
-        assert!(
-            checked_subdir(dir.path(), "l/b")
-                .unwrap_err()
-                .contains("symlink")
-        );
-        assert!(
-            checked_subdir(dir.path(), "nope")
-                .unwrap_err()
-                .contains("does not exist")
-        );
     }
 }

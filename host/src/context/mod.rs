@@ -95,16 +95,19 @@ pub struct ContextOptions {
 /// The hosts a user plugin's URL names: its `host:port`, or both the
 /// http and https ports when it names none.
 fn user_plugin_net(url: &str) -> plugin::NetPolicy {
-    let rest = url.split_once("://").map_or("", |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = host.to_ascii_lowercase();
-    let allowed = match host.rsplit_once(':') {
-        _ if host.is_empty() => Vec::new(),
-        Some((_, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !port.is_empty() => {
-            vec![host]
+    // A fragment is the plugin's business; `http::Uri` takes none.
+    let uri = url.split('#').next().unwrap_or("").parse::<http::Uri>();
+    let allowed = match uri
+        .as_ref()
+        .ok()
+        .and_then(|u| Some((u.host()?, u.port_u16())))
+    {
+        None => Vec::new(),
+        Some((host, Some(port))) => vec![format!("{}:{port}", host.to_ascii_lowercase())],
+        Some((host, None)) => {
+            let host = host.to_ascii_lowercase();
+            vec![format!("{host}:443"), format!("{host}:80")]
         }
-        _ => vec![format!("{host}:443"), format!("{host}:80")],
     };
     plugin::NetPolicy {
         allowed,
@@ -244,20 +247,7 @@ pub fn open(
             ContextTree::new(sub_dir(dir, opts)?, None)
         }
         Opened::Tar(stream) => {
-            let tmp = store.temp_dir("context-")?;
-            let unpack_opts = UnpackOptions {
-                whiteouts: Whiteouts::Reject,
-                preserve_owners: false,
-                lowers: Vec::new(),
-                exclude: Default::default(),
-            };
-            let transfer = crate::progress::Transfer::context();
-            let counted = crate::progress::Counted::new(stream, &transfer);
-            unpack(counted, tmp.path(), &unpack_opts).map_err(|e| ContextError::Unpack {
-                url: url.clone(),
-                message: e.to_string(),
-            })?;
-            transfer.finish();
+            let tmp = unpack_stream(stream, store, &url)?;
             ContextTree::new(sub_dir(tmp.path().to_owned(), opts)?, Some(tmp))
         }
     };
@@ -265,34 +255,60 @@ pub fn open(
     tree
 }
 
+/// Unpacks a context plugin's tar stream into a fresh directory of the
+/// store, counted on the progress display. Context archives may not delete
+/// anything, so whiteouts are refused.
+fn unpack_stream(
+    stream: impl io::Read,
+    store: &Store,
+    url: &str,
+) -> Result<tempfile::TempDir, ContextError> {
+    let tmp = store.temp_dir("context-")?;
+    let unpack_opts = UnpackOptions {
+        whiteouts: Whiteouts::Reject,
+        preserve_owners: false,
+        lowers: Vec::new(),
+        exclude: Default::default(),
+    };
+    let transfer = crate::progress::Transfer::context();
+    let counted = crate::progress::Counted::new(stream, &transfer);
+    unpack(counted, tmp.path(), &unpack_opts).map_err(|e| ContextError::Unpack {
+        url: url.to_owned(),
+        message: e.to_string(),
+    })?;
+    transfer.finish();
+    Ok(tmp)
+}
+
+/// `root/sub` for a clean relative `sub`, which must be a directory reached
+/// through directories only: a symlink could lead anywhere on the host.
+/// On failure, why, ending in `place` ("the context").
+fn checked_subdir(root: &Path, sub: &Path, place: &str) -> Result<PathBuf, String> {
+    let mut at = root.to_owned();
+    for part in sub.components() {
+        at.push(part);
+        let md = fs::symlink_metadata(&at).map_err(|_| format!("does not exist in {place}"))?;
+        if md.file_type().is_symlink() {
+            return Err("passes through a symlink".into());
+        }
+        if !md.is_dir() {
+            return Err(format!("is not a directory in {place}"));
+        }
+    }
+    Ok(at)
+}
+
 /// The directory `--context-sub-path` names inside `root`.
 fn sub_dir(root: PathBuf, opts: &ContextOptions) -> Result<PathBuf, ContextError> {
     let Some(sub) = &opts.sub_path else {
         return Ok(root);
     };
-    let bad = |reason: &str| ContextError::SubPath {
+    let bad = |reason: String| ContextError::SubPath {
         path: sub.clone(),
-        reason: reason.into(),
+        reason,
     };
-    let clean = clean_relative(sub).ok_or_else(|| bad("climbs out of the context"))?;
-    let dir = root.join(clean);
-    // A symlink could lead anywhere on the host: the sub path must be a
-    // real directory of the context.
-    let md = fs::symlink_metadata(&dir).map_err(|_| bad("does not exist in the context"))?;
-    if !md.is_dir() {
-        return Err(bad("is not a directory in the context"));
-    }
-    let mut at = root.clone();
-    for c in dir
-        .strip_prefix(&root)
-        .unwrap_or(Path::new(""))
-        .components()
-    {
-        at.push(c);
-        if fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Err(bad("passes through a symlink"));
-        }
-    }
+    let clean = clean_relative(sub).ok_or_else(|| bad("climbs out of the context".into()))?;
+    let dir = checked_subdir(&root, &clean, "the context").map_err(bad)?;
     log::info!("Using {sub} inside the context as the context");
     Ok(dir)
 }
@@ -519,6 +535,47 @@ impl ContextTree {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_user_plugin_may_reach_the_host_its_url_names() {
+        let allowed = |url: &str| user_plugin_net(url).allowed;
+        assert_eq!(
+            allowed("blob+x://U:p@Store.example:8443/b/k#v1"),
+            ["store.example:8443"]
+        );
+        assert_eq!(
+            allowed("blob+x://store.example/b/k"),
+            ["store.example:443", "store.example:80"]
+        );
+        assert!(allowed("blob+x:///local/path").is_empty());
+    }
+
+    #[test]
+    fn subdirectories_must_be_real_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        fs::write(dir.path().join("a/f"), "x").unwrap();
+        std::os::unix::fs::symlink("a", dir.path().join("l")).unwrap();
+        assert_eq!(
+            checked_subdir(dir.path(), Path::new("a/b"), "the repository").unwrap(),
+            dir.path().join("a/b")
+        );
+        assert!(
+            checked_subdir(dir.path(), Path::new("a/f"), "the repository")
+                .unwrap_err()
+                .contains("not a directory")
+        );
+        assert!(
+            checked_subdir(dir.path(), Path::new("l/b"), "the repository")
+                .unwrap_err()
+                .contains("symlink")
+        );
+        assert!(
+            checked_subdir(dir.path(), Path::new("nope"), "the repository")
+                .unwrap_err()
+                .contains("does not exist in the repository")
+        );
+    }
 
     #[test]
     fn urls_split_into_scheme_and_rest() {

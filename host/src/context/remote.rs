@@ -311,12 +311,14 @@ fn parse_git_url(url: &str) -> Result<GitUrl, RemoteError> {
 }
 
 /// `url` with any `user:password@` replaced, for messages.
-fn redact_userinfo(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(s), Some(at)) if at > s && !url[s + 3..at].contains('/') => {
-            format!("{}***{}", &url[..s + 3], &url[at..])
-        }
-        _ => url.to_owned(),
+pub(super) fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}{}", &rest[end..]),
+        None => url.to_owned(),
     }
 }
 
@@ -541,6 +543,19 @@ mod tests {
     use super::*;
     use crate::plugin::authority;
     use std::collections::HashMap;
+
+    #[test]
+    fn userinfo_is_masked_in_the_authority_only() {
+        assert_eq!(
+            redact_userinfo("https://u:p@ss@h.example/r.git#main"),
+            "https://***@h.example/r.git#main"
+        );
+        assert_eq!(
+            redact_userinfo("https://h.example/a@b/r.git"),
+            "https://h.example/a@b/r.git"
+        );
+        assert_eq!(redact_userinfo("git@h:r.git"), "git@h:r.git");
+    }
 
     /// True if `policy` lets a request reach `url`.
     fn reaches(policy: &NetPolicy, url: &str) -> bool {

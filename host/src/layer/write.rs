@@ -17,11 +17,13 @@ use crate::image::manifest::{DOCKER_LAYER_GZIP, OCI_LAYER_ZSTD};
 use crate::store::{BlobWriter, Store};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
+use std::fmt;
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tar::{EntryType, Header};
 
 /// A layer written to the store.
@@ -84,6 +86,32 @@ pub struct WriteOptions {
     pub mtime_clamp: Option<u64>,
     /// Compression of the blob.
     pub compression: Compression,
+    /// Sees the blob while it is written.
+    pub watcher: Option<Watcher>,
+}
+
+/// Sees a layer blob while it is being written, to upload it meanwhile.
+pub trait BlobWatcher: Send + Sync {
+    /// A blob is being written to `file`, which only grows until the
+    /// returned watch hears that the blob is complete; a watch dropped
+    /// unheard means the blob was abandoned.
+    fn watch(&self, file: File) -> Box<dyn BlobWatch>;
+}
+
+/// How one watched blob ends.
+pub trait BlobWatch {
+    /// The blob is complete, with this digest and size.
+    fn complete(self: Box<Self>, digest: &Digest, size: u64);
+}
+
+/// A shared [`BlobWatcher`], as [`WriteOptions`] holds it.
+#[derive(Clone)]
+pub struct Watcher(pub Arc<dyn BlobWatcher>);
+
+impl fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Watcher")
+    }
 }
 
 /// A compressor in front of the blob (which hashes what it is given).
@@ -261,6 +289,13 @@ fn write_blob(
 ) -> Result<LayerBlob, LayerError> {
     let compression = opts.compression.validate()?;
     let blob = store.blob_writer()?;
+    let watch = opts.watcher.as_ref().and_then(|w| match blob.reopen() {
+        Ok(file) => Some(w.0.watch(file)),
+        Err(e) => {
+            log::debug!("cannot watch a layer blob while it is written: {e}");
+            None
+        }
+    });
     let encoder = Encoder::new(compression, blob, default_workers())
         .map_err(io_err("start compressing", root))?;
     let mut writer = TreeWriter {
@@ -273,6 +308,9 @@ fn write_blob(
     let (encoder, diff_id, _) = tar.map_err(io_err("finish layer for", root))?.finish();
     let blob = encoder.finish().map_err(io_err("finish layer for", root))?;
     let (digest, size) = blob.commit(None)?;
+    if let Some(watch) = watch {
+        watch.complete(&digest, size);
+    }
     Ok(LayerBlob {
         digest,
         diff_id,

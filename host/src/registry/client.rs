@@ -302,6 +302,15 @@ struct Inner {
     /// Where each pulled image's manifest came from (original `repo_name`
     /// to the reference on the mirror that served it), so its blobs follow.
     sources: Mutex<HashMap<String, Reference>>,
+    /// Blobs whose upload started while they were written, completing.
+    in_flight: super::stream::InFlight,
+}
+
+impl Registry {
+    /// The streamed uploads that pushes of the same blob wait for.
+    pub(super) fn in_flight(&self) -> &super::stream::InFlight {
+        &self.inner.in_flight
+    }
 }
 
 impl fmt::Debug for Registry {
@@ -477,6 +486,7 @@ impl Registry {
                 pinging: Mutex::new(HashMap::new()),
                 tokens: Mutex::new(TokenCache::default()),
                 sources: Mutex::new(HashMap::new()),
+                in_flight: Default::default(),
             }),
         })
     }

@@ -10,6 +10,7 @@ mod pull;
 mod push;
 pub mod reference;
 mod retry;
+mod stream;
 mod tls;
 mod upload;
 
@@ -20,4 +21,5 @@ pub use mirror::parse_registry_map;
 pub use proxy::ProxyConfig;
 pub use push::PushOptions;
 pub use reference::{Reference, ReferenceError};
+pub use stream::GrowingUpload;
 pub use tls::Direction;

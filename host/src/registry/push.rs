@@ -220,6 +220,7 @@ impl Registry {
         store: &Store,
     ) -> Result<(), RegistryError> {
         let digest = &desc.digest;
+        self.in_flight().wait(repo, digest);
         if self.blob_exists(repo, digest)? {
             log::debug!(
                 "{}/{}: blob {digest} exists, skipped",

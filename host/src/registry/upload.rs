@@ -8,16 +8,42 @@ use super::retry;
 use crate::digest::Digest;
 use crate::progress::{Counted, Transfer, Verb};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// Blobs up to this size go up in one PUT; bigger ones in chunks.
 pub(super) const MONOLITHIC_MAX: u64 = 32 * 1024 * 1024;
 /// Bytes per PATCH of a chunked upload: small enough that a failure costs
 /// little, large enough that request overhead does not matter.
-const CHUNK_SIZE: u64 = 16 * 1024 * 1024;
+pub(super) const CHUNK_SIZE: u64 = 16 * 1024 * 1024;
 /// Failed chunks in a row that are resumed before the upload gives up.
 const RESUME_MAX: u32 = 3;
+
+/// `offset..end` of a file, read positionally: the file's own offset,
+/// shared with its clones and other readers, never moves.
+struct FileRange<'a> {
+    file: &'a File,
+    offset: u64,
+    end: u64,
+}
+
+impl Read for FileRange<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = usize::try_from(self.end - self.offset)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.offset)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
 
 /// How a started upload stands.
 #[derive(Debug, PartialEq, Eq)]
@@ -100,27 +126,18 @@ impl Registry {
         let chunked = size > MONOLITHIC_MAX;
         let transfer = Transfer::start(Verb::Push, digest, size);
         let location = if chunked {
-            self.upload_chunks(repo, location, size, blob_path, &transfer)?
+            let file = File::open(blob_path).map_err(|source| RegistryError::Read {
+                what: blob_path.display().to_string(),
+                source,
+            })?;
+            self.upload_chunks(repo, location, size, &file, &transfer)?
         } else {
             location
         };
-        let upload = with_digest_param(&location, digest);
-        let resp = self.send(repo, "PUT", &upload, &|agent, url, auth| {
-            let rb =
-                authorized(agent.put(url), auth).header("Content-Type", "application/octet-stream");
-            if chunked {
-                rb.header("Content-Length", "0").send_empty()
-            } else {
-                transfer.set_position(0);
-                let file = File::open(blob_path).map_err(ureq::Error::Io)?;
-                rb.header("Content-Length", size.to_string())
-                    .send(ureq::SendBody::from_reader(&mut Counted::new(
-                        file, &transfer,
-                    )))
-            }
-        })?;
-        if resp.status().as_u16() != 201 {
-            return Err(self.status_error(repo, "PUT", strip_query(&location), resp));
+        if chunked {
+            self.complete_upload(repo, &location, digest)?;
+        } else {
+            self.put_whole(repo, &location, digest, size, blob_path, &transfer)?;
         }
         log::debug!(
             "{}/{}: uploaded blob {digest} ({size} bytes{})",
@@ -129,6 +146,53 @@ impl Registry {
             if chunked { ", chunked" } else { "" }
         );
         transfer.finish();
+        Ok(())
+    }
+
+    /// Completes the session at `location` whose chunks all went up.
+    pub(super) fn complete_upload(
+        &self,
+        repo: &Repo<'_>,
+        location: &str,
+        digest: &Digest,
+    ) -> Result<(), RegistryError> {
+        let upload = with_digest_param(location, digest);
+        let resp = self.send(repo, "PUT", &upload, &|agent, url, auth| {
+            authorized(agent.put(url), auth)
+                .header("Content-Type", "application/octet-stream")
+                .header("Content-Length", "0")
+                .send_empty()
+        })?;
+        if resp.status().as_u16() != 201 {
+            return Err(self.status_error(repo, "PUT", strip_query(location), resp));
+        }
+        Ok(())
+    }
+
+    /// Sends the whole blob in the PUT that completes the session.
+    fn put_whole(
+        &self,
+        repo: &Repo<'_>,
+        location: &str,
+        digest: &Digest,
+        size: u64,
+        blob_path: &Path,
+        transfer: &Transfer,
+    ) -> Result<(), RegistryError> {
+        let upload = with_digest_param(location, digest);
+        let resp = self.send(repo, "PUT", &upload, &|agent, url, auth| {
+            transfer.set_position(0);
+            let file = File::open(blob_path).map_err(ureq::Error::Io)?;
+            authorized(agent.put(url), auth)
+                .header("Content-Type", "application/octet-stream")
+                .header("Content-Length", size.to_string())
+                .send(ureq::SendBody::from_reader(&mut Counted::new(
+                    file, transfer,
+                )))
+        })?;
+        if resp.status().as_u16() != 201 {
+            return Err(self.status_error(repo, "PUT", strip_query(location), resp));
+        }
         Ok(())
     }
 
@@ -161,14 +225,14 @@ impl Registry {
         repo: &Repo<'_>,
         mut location: String,
         size: u64,
-        blob_path: &Path,
+        blob: &File,
         transfer: &Transfer,
     ) -> Result<String, RegistryError> {
         let mut offset = 0;
         let mut failures = 0;
         while offset < size {
             let len = CHUNK_SIZE.min(size - offset);
-            match self.patch_chunk(repo, &location, blob_path, offset, len, transfer) {
+            match self.patch_chunk(repo, &location, blob, offset, len, transfer) {
                 Ok(next) => {
                     location = next;
                     offset += len;
@@ -202,23 +266,25 @@ impl Registry {
         Ok(location)
     }
 
-    /// Sends `len` bytes of the blob from `offset`, counted into
-    /// `transfer`; returns the next location.
-    fn patch_chunk(
+    /// Sends `len` bytes of `blob` from `offset`, counted into `transfer`;
+    /// returns the next location.
+    pub(super) fn patch_chunk(
         &self,
         repo: &Repo<'_>,
         location: &str,
-        blob_path: &Path,
+        blob: &File,
         offset: u64,
         len: u64,
         transfer: &Transfer,
     ) -> Result<String, RegistryError> {
         let resp = self.send(repo, "PATCH", location, &|agent, url, auth| {
-            let mut file = File::open(blob_path).map_err(ureq::Error::Io)?;
-            file.seek(SeekFrom::Start(offset))
-                .map_err(ureq::Error::Io)?;
             transfer.set_position(offset);
-            let mut chunk = Counted::new(file.take(len), transfer);
+            let range = FileRange {
+                file: blob,
+                offset,
+                end: offset + len,
+            };
+            let mut chunk = Counted::new(range, transfer);
             authorized(agent.patch(url), auth)
                 .header("Content-Type", "application/octet-stream")
                 .header("Content-Range", content_range(offset, len))

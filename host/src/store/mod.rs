@@ -342,6 +342,11 @@ pub struct BlobWriter {
 }
 
 impl BlobWriter {
+    /// A new handle on the file being written, to read it as it grows.
+    pub fn reopen(&self) -> io::Result<File> {
+        self.inner.get_ref().get_ref().reopen()
+    }
+
     /// Finishes the blob: verifies it against `expected` when given and moves
     /// it under its digest. Returns the digest and size.
     pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64), StoreError> {
