@@ -10,7 +10,7 @@ use kiln::digest::{Digest, HashingWriter};
 use kiln::image::manifest::{self, Descriptor, Manifest};
 use kiln::registry::{PushImage, Reference, Registry, RegistryOptions};
 use kiln::store::Store;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -202,6 +202,27 @@ fn registry_cache_round_trip() {
     assert!(!fresh.has_blob(&desc.digest), "registry hits fetch lazily");
     registry.fetch_blob(&source, &desc.digest, &fresh).unwrap();
     assert!(fresh.has_blob(&desc.digest));
+
+    // A probe reads the manifest alone: the entry still hits once the
+    // registry has lost its config blob.
+    let tagged = Reference {
+        tag: Some(Digest::of(b"k1").hex().to_owned()),
+        ..source.clone()
+    };
+    let (_, manifest) = registry.pull_manifest_only(&tagged, "linux/amd64").unwrap();
+    let mut del = TcpStream::connect(reg.addr).unwrap();
+    write!(
+        del,
+        "DELETE /v2/app/cache/blobs/{} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        manifest.config.digest, reg.addr
+    )
+    .unwrap();
+    let mut answer = String::new();
+    del.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    assert!(registry.pull_manifest(&tagged, "linux/amd64").is_err());
+    let cache = LayerCache::new(CacheRepo::Registry(source), registry, fresh, HOUR);
+    assert!(cache.probe(&Digest::of(b"k1")).unwrap().is_some());
 }
 
 #[test]

@@ -16,6 +16,7 @@ use crate::image::manifest::{
 use crate::registry::{PushImage, Reference, Registry, RegistryError};
 use crate::store::{Store, StoreError};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File};
 use std::io;
@@ -173,7 +174,7 @@ fn cache_image(key: &Digest, step: &CachedStep, cached_at: u64, oci: bool) -> Ca
         media_type: Some(manifest_type.to_owned()),
         config: config_desc.clone(),
         layers: layers.clone(),
-        annotations: Some([(CACHE_KEY_ANNOTATION.to_owned(), key.to_string())].into()),
+        annotations: Some(step_annotations(key, step, cached_at)),
     };
     let mut blobs = layers;
     blobs.push(config_desc);
@@ -187,13 +188,75 @@ fn cache_image(key: &Digest, step: &CachedStep, cached_at: u64, oci: bool) -> Ca
 
 /// The manifest annotation naming the key a cache image was stored under.
 const CACHE_KEY_ANNOTATION: &str = "dev.kiln.cache.key";
+/// A cache entry's manifest, and its config when it was read.
+type Found = (Manifest, Option<Vec<u8>>);
+
+/// When the entry was cached (RFC 3339), as the config's `created`.
+const CACHED_AT_ANNOTATION: &str = "dev.kiln.cache.cached-at";
+/// The step's history entry, as the config's only `history` item.
+const CREATED_ANNOTATION: &str = "dev.kiln.cache.created";
+const CREATED_BY_ANNOTATION: &str = "dev.kiln.cache.created-by";
+/// The layer's diff ID, as the config's only `rootfs.diff_ids` item.
+const DIFF_ID_ANNOTATION: &str = "dev.kiln.cache.diff-id";
+
+/// The manifest annotations of `key`'s cache image: the key, and the step
+/// again as its config holds it, so that a probe reads the manifest alone.
+fn step_annotations(key: &Digest, step: &CachedStep, cached_at: u64) -> BTreeMap<String, String> {
+    let mut a: BTreeMap<String, String> = [
+        (CACHE_KEY_ANNOTATION, key.to_string()),
+        (CACHED_AT_ANNOTATION, rfc3339(cached_at)),
+        (CREATED_ANNOTATION, step.created.clone()),
+        (CREATED_BY_ANNOTATION, step.created_by.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    if let Some((_, diff_id)) = &step.layer {
+        a.insert(DIFF_ID_ANNOTATION.to_owned(), diff_id.to_string());
+    }
+    a
+}
+
+/// The step and its cache time from `manifest`'s annotations; `None` when
+/// it lacks them (an entry written before kiln put them there).
+fn step_from_annotations(manifest: &Manifest) -> Option<Result<(CachedStep, u64), String>> {
+    let a = manifest.annotations.as_ref()?;
+    let cached_at = a.get(CACHED_AT_ANNOTATION)?;
+    let (created, created_by) = (a.get(CREATED_ANNOTATION)?, a.get(CREATED_BY_ANNOTATION)?);
+    Some((|| {
+        let cached_at = parse_rfc3339(cached_at)
+            .ok_or_else(|| format!("its cache time {cached_at:?} is not RFC 3339"))?;
+        let layer = match (manifest.layers.as_slice(), a.get(DIFF_ID_ANNOTATION)) {
+            ([], None) => None,
+            ([desc], Some(diff_id)) => {
+                let diff_id = diff_id
+                    .parse::<Digest>()
+                    .map_err(|e| format!("its diff ID {diff_id:?} is invalid: {e}"))?;
+                Some((desc.clone(), diff_id))
+            }
+            (layers, diff_id) => {
+                return Err(format!(
+                    "it has {} layers and {} diff ID annotations; a cache image has one of each or none",
+                    layers.len(),
+                    usize::from(diff_id.is_some())
+                ));
+            }
+        };
+        let step = CachedStep {
+            layer,
+            created_by: created_by.clone(),
+            created: created.clone(),
+        };
+        Ok((step, cached_at))
+    })())
+}
 
 /// Reads a cache image back: the step, and when it was cached (seconds
 /// since the epoch). Anything else is described in the error.
 fn read_cache_image(
     key: &Digest,
     manifest: &Manifest,
-    config: &[u8],
+    config: Option<&[u8]>,
 ) -> Result<(CachedStep, u64), String> {
     #[derive(Deserialize)]
     struct Config {
@@ -221,6 +284,10 @@ fn read_cache_image(
             "it is not kiln's cache image for {key} (annotation {CACHE_KEY_ANNOTATION} is {named:?})"
         ));
     }
+    if let Some(read) = step_from_annotations(manifest) {
+        return read;
+    }
+    let config = config.ok_or("its manifest lacks the step and its config was not read")?;
     let cfg: Config =
         serde_json::from_slice(config).map_err(|e| format!("its config is unreadable: {e}"))?;
     let cached_at = parse_rfc3339(&cfg.created)
@@ -380,7 +447,7 @@ impl LayerCache {
                 return Ok(None);
             }
         };
-        let (step, cached_at) = match read_cache_image(key, &manifest, &config) {
+        let (step, cached_at) = match read_cache_image(key, &manifest, config.as_deref()) {
             Ok(read) => read,
             Err(reason) => {
                 log::warn!(
@@ -407,17 +474,22 @@ impl LayerCache {
     }
 
     /// The manifest and config of `key`'s cache image in registry repository `r`.
-    fn probe_registry(
-        &self,
-        r: &Reference,
-        key: &Digest,
-    ) -> Result<Option<(Manifest, Vec<u8>)>, String> {
+    fn probe_registry(&self, r: &Reference, key: &Digest) -> Result<Option<Found>, String> {
         let tagged = Reference {
             tag: Some(key.hex().to_owned()),
             ..r.clone()
         };
-        match self.registry.pull_manifest(&tagged, PROBE_PLATFORM) {
-            Ok(pulled) => Ok(Some((pulled.manifest, pulled.config))),
+        // One request where the manifest carries the step; older entries
+        // keep it only in their config.
+        let found = match self.registry.pull_manifest_only(&tagged, PROBE_PLATFORM) {
+            Ok((_, manifest)) if step_from_annotations(&manifest).is_some() => {
+                return Ok(Some((manifest, None)));
+            }
+            Ok(_) => self.registry.pull_manifest(&tagged, PROBE_PLATFORM),
+            Err(e) => Err(e),
+        };
+        match found {
+            Ok(pulled) => Ok(Some((pulled.manifest, Some(pulled.config)))),
             Err(RegistryError::ManifestNotFound { .. }) => Ok(None),
             Err(e) => Err(e.to_string()),
         }
@@ -534,7 +606,7 @@ fn lock_dir(dir: &Path) -> Result<File, CacheError> {
 }
 
 /// The manifest and config of `key`'s cache image in the layout at `dir`.
-fn probe_layout(dir: &Path, key: &Digest) -> Result<Option<(Manifest, Vec<u8>)>, String> {
+fn probe_layout(dir: &Path, key: &Digest) -> Result<Option<Found>, String> {
     let index_path = dir.join("index.json");
     let index = match fs::read(&index_path) {
         Ok(bytes) => serde_json::from_slice::<Index>(&bytes)
@@ -559,7 +631,7 @@ fn probe_layout(dir: &Path, key: &Digest) -> Result<Option<(Manifest, Vec<u8>)>,
         Err(e) => return Err(format!("manifest {}: {e}", entry.digest)),
     };
     let config = read_verified(dir, &manifest.config.digest, CONFIG_MAX)?;
-    Ok(Some((manifest, config)))
+    Ok(Some((manifest, Some(config))))
 }
 
 /// Reads blob `digest` (at most `max` bytes) from the layout at `dir`, checking its digest.
@@ -776,9 +848,24 @@ mod tests {
             assert_eq!(m.config.digest, Digest::of(&img.config));
             assert_eq!(img.blobs.last(), Some(&m.config));
             assert_eq!(img.blobs.len(), m.layers.len() + 1);
-            let (back, at) = read_cache_image(&key(1), &m, &img.config).unwrap();
+            // From the manifest alone, and, for entries written before the
+            // annotations, from the config.
+            let (back, at) = read_cache_image(&key(1), &m, None).unwrap();
+            assert_eq!((&back, at), (&s, 1_700_000_000));
+            let (back, at) =
+                read_cache_image(&key(1), &without_step(&m), Some(&img.config)).unwrap();
             assert_eq!((back, at), (s, 1_700_000_000));
         }
+    }
+
+    /// `m` as kiln wrote cache manifests before they carried the step.
+    fn without_step(m: &Manifest) -> Manifest {
+        let mut bare = m.clone();
+        bare.annotations
+            .as_mut()
+            .unwrap()
+            .retain(|k, _| k == CACHE_KEY_ANNOTATION);
+        bare
     }
 
     #[test]
@@ -796,19 +883,31 @@ mod tests {
         let ManifestKind::Image(m) = manifest::parse_manifest(&img.manifest, None).unwrap() else {
             panic!("expected an image manifest");
         };
-        let err = read_cache_image(&key(2), &m, &img.config).unwrap_err();
+        let err = read_cache_image(&key(2), &m, Some(&img.config)).unwrap_err();
         assert!(err.contains("not kiln's cache image"), "{err}");
 
         let mut two = (*m).clone();
         two.layers.push(two.layers[0].clone());
-        let err = read_cache_image(&key(1), &two, &img.config).unwrap_err();
+        let err = read_cache_image(&key(1), &two, None).unwrap_err();
+        assert!(err.contains("2 layers and 1 diff ID annotations"), "{err}");
+        let err = read_cache_image(&key(1), &without_step(&two), Some(&img.config)).unwrap_err();
         assert!(err.contains("2 layers and 1 diff IDs"), "{err}");
+        let mut late = (*m).clone();
+        late.annotations
+            .as_mut()
+            .unwrap()
+            .insert(CACHED_AT_ANNOTATION.into(), "yesterday".into());
+        let err = read_cache_image(&key(1), &late, None).unwrap_err();
+        assert!(err.contains("\"yesterday\""), "{err}");
 
+        let bare = without_step(&m);
+        let err = read_cache_image(&key(1), &bare, None).unwrap_err();
+        assert!(err.contains("config was not read"), "{err}");
         let cfg = br#"{"created":"yesterday","rootfs":{"diff_ids":[]},"history":[]}"#;
-        let err = read_cache_image(&key(1), &m, cfg).unwrap_err();
+        let err = read_cache_image(&key(1), &bare, Some(cfg)).unwrap_err();
         assert!(err.contains("\"yesterday\""), "{err}");
         let cfg = br#"{"created":"1970-01-01T00:00:00Z","rootfs":{"diff_ids":[]},"history":[]}"#;
-        let err = read_cache_image(&key(1), &m, cfg).unwrap_err();
+        let err = read_cache_image(&key(1), &bare, Some(cfg)).unwrap_err();
         assert!(err.contains("0 history entries"), "{err}");
     }
 

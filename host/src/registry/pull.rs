@@ -9,7 +9,7 @@ use super::reference::Reference;
 use super::tls::Direction;
 use crate::digest::Digest;
 use crate::image::config::Platform;
-use crate::image::manifest::{self, ACCEPT_MANIFESTS, Descriptor, ManifestKind};
+use crate::image::manifest::{self, ACCEPT_MANIFESTS, Descriptor, Manifest, ManifestKind};
 use crate::progress::{Counted, Transfer, Verb};
 use crate::store::{Store, StoreError};
 use std::io;
@@ -20,6 +20,10 @@ const MANIFEST_MAX: u64 = 4 * 1024 * 1024;
 const CONFIG_MAX: u64 = 32 * 1024 * 1024;
 /// An index may point at an index; kiln follows that far and no further.
 const INDEX_DEPTH_MAX: usize = 2;
+
+/// A single-platform manifest's digest, the manifest, and its config when
+/// asked for.
+type Pulled = (Digest, Manifest, Option<Vec<u8>>);
 
 impl Registry {
     /// Resolves `r` to a single-platform image: fetches the manifest (Docker
@@ -34,6 +38,27 @@ impl Registry {
         r: &Reference,
         platform: &str,
     ) -> Result<PulledImage, RegistryError> {
+        self.pull(r, platform, true)
+            .map(|(manifest_digest, manifest, config)| PulledImage {
+                manifest_digest,
+                manifest,
+                config: config.unwrap_or_default(),
+            })
+    }
+
+    /// [`Registry::pull_manifest`] without the config: the manifest's
+    /// digest and the manifest, for callers that need nothing more.
+    pub fn pull_manifest_only(
+        &self,
+        r: &Reference,
+        platform: &str,
+    ) -> Result<(Digest, Manifest), RegistryError> {
+        self.pull(r, platform, false)
+            .map(|(digest, manifest, _)| (digest, manifest))
+    }
+
+    /// The manifest of `r` for `platform`, and its config when `config`.
+    fn pull(&self, r: &Reference, platform: &str, config: bool) -> Result<Pulled, RegistryError> {
         let wanted = Platform::parse(platform)
             .ok_or_else(|| RegistryError::BadPlatform(platform.to_owned()))?;
         let mut failures = Vec::new();
@@ -42,10 +67,10 @@ impl Registry {
                 if !failures.is_empty() {
                     log::info!("Retrieving image {r} from its registry {}", r.registry);
                 }
-                return self.pull_manifest_from(&c.reference, &wanted);
+                return self.pull_manifest_from(&c.reference, &wanted, config);
             };
             log::info!("Retrieving image {r} from mirror {mirror}");
-            match self.pull_manifest_from(&c.reference, &wanted) {
+            match self.pull_manifest_from(&c.reference, &wanted, config) {
                 Ok(image) => {
                     self.remember_source(r, &c.reference);
                     return Ok(image);
@@ -74,12 +99,13 @@ impl Registry {
         .map_err(|(spec, detail)| RegistryError::BadMirror { spec, detail })
     }
 
-    /// [`Registry::pull_manifest`] from one place, without mirrors.
+    /// [`Registry::pull`] from one place, without mirrors.
     fn pull_manifest_from(
         &self,
         r: &Reference,
         wanted: &Platform,
-    ) -> Result<PulledImage, RegistryError> {
+        with_config: bool,
+    ) -> Result<Pulled, RegistryError> {
         let repo = Repo {
             registry: &r.registry,
             repository: &r.repository,
@@ -122,19 +148,19 @@ impl Registry {
                 })?;
             match parsed {
                 ManifestKind::Image(manifest) => {
-                    let config = self.with_retry(
-                        Direction::Pull,
-                        &format!(
-                            "GET {}/v2/{}/blobs/{}",
-                            r.registry, r.repository, manifest.config.digest
-                        ),
-                        || self.get_config(&repo, &manifest.config),
-                    )?;
-                    return Ok(PulledImage {
-                        manifest_digest: digest,
-                        manifest: *manifest,
-                        config,
-                    });
+                    let config = with_config
+                        .then(|| {
+                            self.with_retry(
+                                Direction::Pull,
+                                &format!(
+                                    "GET {}/v2/{}/blobs/{}",
+                                    r.registry, r.repository, manifest.config.digest
+                                ),
+                                || self.get_config(&repo, &manifest.config),
+                            )
+                        })
+                        .transpose()?;
+                    return Ok((digest, *manifest, config));
                 }
                 ManifestKind::Index(index) => {
                     let entry = manifest::select_platform(&index, wanted).ok_or_else(|| {
