@@ -128,9 +128,9 @@ impl Registry {
         let mut location = self.open_session(repo)?;
         let quiet = Transfer::quiet();
         let mut offset = 0;
-        let sent = |location: &mut String, offset: &mut u64, upto: u64, step: u64| {
+        let sent = |location: &mut String, offset: &mut u64, upto: u64| {
             while *offset < upto {
-                let len = step.min(upto - *offset);
+                let len = CHUNK_SIZE.min(upto - *offset);
                 *location = self.patch_chunk(repo, location, file, *offset, len, &quiet)?;
                 *offset += len;
             }
@@ -146,7 +146,7 @@ impl Registry {
             // Whole chunks only: a short one would end what the registry
             // expects of a chunked upload.
             let whole = written - written % CHUNK_SIZE;
-            if let Err(e) = sent(&mut location, &mut offset, whole, CHUNK_SIZE) {
+            if let Err(e) = sent(&mut location, &mut offset, whole) {
                 self.cancel_upload(repo, &location);
                 return Err(e);
             }
@@ -160,8 +160,8 @@ impl Registry {
             repo.repository.to_owned(),
             digest.clone(),
         );
-        let result = sent(&mut location, &mut offset, size, CHUNK_SIZE)
-            .and_then(|()| self.complete_upload(repo, &location, &digest));
+        let result = sent(&mut location, &mut offset, size)
+            .and_then(|()| self.complete_upload(repo, &location, &digest, None));
         if result.is_err() {
             self.cancel_upload(repo, &location);
         }

@@ -134,11 +134,8 @@ impl Registry {
         } else {
             location
         };
-        if chunked {
-            self.complete_upload(repo, &location, digest)?;
-        } else {
-            self.put_whole(repo, &location, digest, size, blob_path, &transfer)?;
-        }
+        let whole = (!chunked).then_some((blob_path, size, &transfer));
+        self.complete_upload(repo, &location, digest, whole)?;
         log::debug!(
             "{}/{}: uploaded blob {digest} ({size} bytes{})",
             repo.registry,
@@ -149,46 +146,31 @@ impl Registry {
         Ok(())
     }
 
-    /// Completes the session at `location` whose chunks all went up.
+    /// Completes the session at `location` with the PUT that names the
+    /// digest: empty after chunks, else carrying the whole blob (`size`
+    /// bytes at `path`, counted into `transfer`).
     pub(super) fn complete_upload(
         &self,
         repo: &Repo<'_>,
         location: &str,
         digest: &Digest,
+        whole: Option<(&Path, u64, &Transfer)>,
     ) -> Result<(), RegistryError> {
         let upload = with_digest_param(location, digest);
         let resp = self.send(repo, "PUT", &upload, &|agent, url, auth| {
-            authorized(agent.put(url), auth)
-                .header("Content-Type", "application/octet-stream")
-                .header("Content-Length", "0")
-                .send_empty()
-        })?;
-        if resp.status().as_u16() != 201 {
-            return Err(self.status_error(repo, "PUT", strip_query(location), resp));
-        }
-        Ok(())
-    }
-
-    /// Sends the whole blob in the PUT that completes the session.
-    fn put_whole(
-        &self,
-        repo: &Repo<'_>,
-        location: &str,
-        digest: &Digest,
-        size: u64,
-        blob_path: &Path,
-        transfer: &Transfer,
-    ) -> Result<(), RegistryError> {
-        let upload = with_digest_param(location, digest);
-        let resp = self.send(repo, "PUT", &upload, &|agent, url, auth| {
-            transfer.set_position(0);
-            let file = File::open(blob_path).map_err(ureq::Error::Io)?;
-            authorized(agent.put(url), auth)
-                .header("Content-Type", "application/octet-stream")
-                .header("Content-Length", size.to_string())
-                .send(ureq::SendBody::from_reader(&mut Counted::new(
-                    file, transfer,
-                )))
+            let rb =
+                authorized(agent.put(url), auth).header("Content-Type", "application/octet-stream");
+            match whole {
+                None => rb.header("Content-Length", "0").send_empty(),
+                Some((path, size, transfer)) => {
+                    transfer.set_position(0);
+                    let file = File::open(path).map_err(ureq::Error::Io)?;
+                    rb.header("Content-Length", size.to_string())
+                        .send(ureq::SendBody::from_reader(&mut Counted::new(
+                            file, transfer,
+                        )))
+                }
+            }
         })?;
         if resp.status().as_u16() != 201 {
             return Err(self.status_error(repo, "PUT", strip_query(location), resp));

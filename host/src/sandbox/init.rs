@@ -69,7 +69,10 @@ pub fn init_main() -> ! {
         }
         pid => {
             drop(channel);
-            std::process::exit(wait_for(pid))
+            std::process::exit(wait_for(pid).unwrap_or_else(|e| {
+                eprintln!("kiln: sandbox helper: cannot wait for the command: {e}");
+                SETUP_FAILED
+            }))
         }
     }
 }
@@ -125,23 +128,22 @@ fn namespaces(network: Network) -> UnshareFlags {
     }
 }
 
-fn wait_for(pid: libc::pid_t) -> i32 {
+/// Waits for child `pid` and returns its exit code (128 + the signal when
+/// a signal ended it).
+pub(super) fn wait_for(pid: libc::pid_t) -> Result<i32, rustix::io::Errno> {
     let pid = rustix::process::Pid::from_raw(pid).expect("fork returned a positive pid");
     loop {
         match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
             Ok(Some((_, status))) => {
                 if let Some(code) = status.exit_status() {
-                    return code;
+                    return Ok(code);
                 }
                 if let Some(sig) = status.terminating_signal() {
-                    return 128 + sig;
+                    return Ok(128 + sig);
                 }
             }
             Err(rustix::io::Errno::INTR) | Ok(None) => {}
-            Err(e) => {
-                eprintln!("kiln: sandbox helper: cannot wait for the command: {e}");
-                return SETUP_FAILED;
-            }
+            Err(e) => return Err(e),
         }
     }
 }

@@ -18,6 +18,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
+use super::init::wait_for;
 use super::overlay;
 use super::syscall::{LinuxSyscall, Syscall};
 use rustix::thread::UnshareFlags;
@@ -62,7 +63,8 @@ pub(super) fn probe(scratch: &Path) -> Result<(), String> {
         child => {
             drop(inside);
             let outcome = map_when_asked(&mut outside, child);
-            wait(child);
+            // Only its report matters; it exits right after sending it.
+            let _ = wait_for(child);
             outcome
         }
     }
@@ -88,7 +90,7 @@ pub(super) fn enter() -> Result<(), String> {
             drop(outside);
             let entered = enter_mapped_by_parent(&mut inside);
             drop(inside);
-            wait(helper);
+            let _ = wait_for(helper);
             entered?;
             LinuxSyscall
                 .make_private(Path::new("/"))
@@ -180,12 +182,4 @@ fn try_overlay(dir: &Path) -> Result<(), String> {
             e.to_string()
         }
     })
-}
-
-fn wait(pid: libc::pid_t) {
-    let mut status = 0;
-    // SAFETY: `pid` is this process's child; status is a valid out pointer.
-    while unsafe { libc::waitpid(pid, &mut status, 0) } == -1
-        && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
-    {}
 }
