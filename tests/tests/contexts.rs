@@ -641,3 +641,59 @@ fn git_basic_auth_right_and_wrong_password() -> Result<()> {
         )?
         .check_failure("git://", &["git", "auth"], &[wrong, password])
 }
+
+#[test]
+fn git_over_https_trusts_ssl_cert_file_or_skips_verification_when_asked() -> Result<()> {
+    let setup = Setup::new()?;
+    let server = GitServer::start_https()?;
+    let fixture = GitFixture::publish(&server, &setup.base)?;
+    let url = server.context_url(REPO);
+    let ca = server.ca_file().context("an https git server has a CA")?;
+    setup.build(&url, &[], &[])?.check_failure(
+        "git:// over https signed by an unknown CA",
+        &[
+            server.host().as_str(),
+            "does not trust",
+            "unknownissuer",
+            "ssl_cert_file",
+            "insecure-skip-tls=true",
+        ],
+        &[],
+    )?;
+    setup
+        .build(&url, &[], &[("SSL_CERT_FILE", ca.as_os_str())])?
+        .check(
+            "git:// over https, its CA in SSL_CERT_FILE",
+            &fixture.main(),
+            &[],
+        )?;
+    let ca_dir = ca.parent().context("the CA file has a directory")?;
+    setup
+        .build(
+            &format!("{url}#{BRANCH}"),
+            &[],
+            &[("SSL_CERT_DIR", ca_dir.as_os_str())],
+        )?
+        .check(
+            "git:// over https, its CA in SSL_CERT_DIR",
+            &fixture.branch(),
+            &[],
+        )?;
+    let skipped = setup.build(&url, &["--git", "insecure-skip-tls=true"], &[])?;
+    skipped.check(
+        "git:// over https, --git insecure-skip-tls=true",
+        &fixture.main(),
+        &[],
+    )?;
+    if !skipped
+        .out
+        .stderr
+        .contains("Not verifying the TLS certificate")
+    {
+        bail!(
+            "kiln did not warn that it skips verification:\n{}",
+            skipped.out.all()
+        );
+    }
+    Ok(())
+}

@@ -111,7 +111,7 @@ fn user_plugin_net(url: &str) -> plugin::NetPolicy {
     };
     plugin::NetPolicy {
         allowed,
-        signer: None,
+        ..plugin::NetPolicy::default()
     }
 }
 

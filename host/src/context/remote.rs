@@ -322,6 +322,15 @@ pub(super) fn redact_userinfo(url: &str) -> String {
     }
 }
 
+/// A boolean as Go's `strconv.ParseBool` (which kaniko uses) reads it.
+fn parse_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
 /// kaniko's `--git` keys the plugin understands.
 const GIT_OPTIONS: [&str; 3] = ["branch", "single-branch", "recurse-submodules"];
 
@@ -338,6 +347,7 @@ fn git_remote(url: &str, git: &[String], env: Env<'_>) -> Result<Remote, RemoteE
         }
     };
     let mut options = vec![kv("pull-method", method)];
+    let mut skip_tls_verify = false;
     for option in git
         .iter()
         .flat_map(|g| g.split(','))
@@ -350,15 +360,11 @@ fn git_remote(url: &str, git: &[String], env: Env<'_>) -> Result<Remote, RemoteE
                 reason: "write key=value, as in --git=branch=main,recurse-submodules=true".into(),
             })?;
         match key {
-            "insecure-skip-tls"
-                if matches!(value, "false" | "0" | "f" | "F" | "FALSE" | "False") => {}
             "insecure-skip-tls" => {
-                return Err(RemoteError::GitOption {
+                skip_tls_verify = parse_bool(value).ok_or_else(|| RemoteError::GitOption {
                     option: option.into(),
-                    reason: "kiln always verifies TLS for git contexts: trust the server's CA \
-                             (SSL_CERT_FILE), or serve plain http and set GIT_PULL_METHOD=http"
-                        .into(),
-                });
+                    reason: "insecure-skip-tls takes true or false".into(),
+                })?;
             }
             k if GIT_OPTIONS.contains(&k) => options.push(kv(k, value)),
             _ => {
@@ -371,6 +377,13 @@ fn git_remote(url: &str, git: &[String], env: Env<'_>) -> Result<Remote, RemoteE
     }
     let origin = format!("{method}://{}/", parsed.host);
     let mut net = NetPolicy::for_urls([origin.as_str()]);
+    net.skip_tls_verify = skip_tls_verify;
+    if skip_tls_verify {
+        log::warn!(
+            "Not verifying the TLS certificate of {} (--git=insecure-skip-tls=true)",
+            parsed.host
+        );
+    }
     let var = |k: &str| env(k).filter(|v| !v.is_empty());
     let user = parsed.user.clone().or_else(|| match var("GIT_TOKEN") {
         Some(token) => Some((token, String::new())),
@@ -735,7 +748,7 @@ mod tests {
             ("git:///repo", ""),
             ("git://h/r.git", "depth=1"),
             ("git://h/r.git", "branch"),
-            ("git://h/r.git", "insecure-skip-tls=true"),
+            ("git://h/r.git", "insecure-skip-tls=yes"),
         ] {
             let git = if git.is_empty() {
                 vec![]
@@ -747,16 +760,24 @@ mod tests {
                 "{url} {git:?}"
             );
         }
-        assert!(
-            resolve(
+        for (value, skip) in [("false", false), ("F", false), ("true", true), ("1", true)] {
+            let r = resolve(
                 "git",
                 "git://h/r.git",
-                &["insecure-skip-tls=false".into()],
+                &[format!("branch=main,insecure-skip-tls={value}")],
                 &none,
-                0
+                0,
             )
-            .is_ok()
-        );
+            .unwrap()
+            .unwrap();
+            assert_eq!(r.net.skip_tls_verify, skip, "{value}");
+            assert_eq!(option(&r, "branch"), Some("main"));
+            assert_eq!(option(&r, "insecure-skip-tls"), None);
+        }
+        let https = resolve("https", "https://h/c.tar.gz", &[], &none, 0)
+            .unwrap()
+            .unwrap();
+        assert!(!https.net.skip_tls_verify);
         let err = resolve("git", "git://u:secret@h", &[], &none, 0).unwrap_err();
         assert!(!err.to_string().contains("secret"), "{err}");
         let env = env_of(&[("GIT_PULL_METHOD", "ssh")]);

@@ -9,6 +9,7 @@
 pub mod bindings;
 mod cache;
 mod net;
+mod send;
 
 use bindings::instruction::kiln::plugin::{host, logging, types};
 use std::path::{Path, PathBuf};
@@ -52,6 +53,16 @@ pub enum PluginError {
         plugin: String,
         tried: String,
         allowed: Vec<String>,
+    },
+    #[error(
+        "plugin {plugin} reached {server}, whose TLS certificate kiln does not trust ({detail}): \
+         add the CA that signed it to SSL_CERT_FILE or SSL_CERT_DIR (a git context also takes \
+         --git=insecure-skip-tls=true)"
+    )]
+    UntrustedServer {
+        plugin: String,
+        server: String,
+        detail: String,
     },
     #[error("plugin {plugin} crashed: {message}")]
     Trap { plugin: String, message: String },
@@ -456,7 +467,7 @@ impl Runtime {
             http: WasiHttpCtx::new(),
             net: net::NetHooks {
                 policy: policy.net.clone(),
-                refused: Default::default(),
+                faults: Default::default(),
             },
         };
         let mut store = Store::new(&self.engine, state);
@@ -667,11 +678,18 @@ impl ContextSession<'_> {
 
     fn refusal(&self) -> Option<PluginError> {
         let net = &self.store.data().net;
-        let refused = net.refused.lock().unwrap_or_else(|e| e.into_inner());
-        refused.first().map(|tried| PluginError::NetworkRefused {
-            plugin: self.plugin.name.clone(),
-            tried: tried.clone(),
-            allowed: net.policy.allowed.clone(),
+        let faults = net.faults.lock().unwrap_or_else(|e| e.into_inner());
+        faults.first().map(|fault| match fault {
+            net::NetFault::Refused(tried) => PluginError::NetworkRefused {
+                plugin: self.plugin.name.clone(),
+                tried: tried.clone(),
+                allowed: net.policy.allowed.clone(),
+            },
+            net::NetFault::Untrusted(failure) => PluginError::UntrustedServer {
+                plugin: self.plugin.name.clone(),
+                server: failure.server.clone(),
+                detail: failure.detail.clone(),
+            },
         })
     }
 }

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http_body_util::BodyExt;
+use super::send::{self, TlsFailure};
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 /// Adds credentials to an outgoing request.
@@ -23,6 +23,8 @@ pub struct NetPolicy {
     pub allowed: Vec<String>,
     /// Signs every allowed request.
     pub signer: Option<Arc<dyn Signer>>,
+    /// Accept any TLS certificate (`--git=insecure-skip-tls=true`).
+    pub skip_tls_verify: bool,
 }
 
 impl fmt::Debug for NetPolicy {
@@ -30,6 +32,7 @@ impl fmt::Debug for NetPolicy {
         f.debug_struct("NetPolicy")
             .field("allowed", &self.allowed)
             .field("signed", &self.signer.is_some())
+            .field("skip_tls_verify", &self.skip_tls_verify)
             .finish()
     }
 }
@@ -55,7 +58,7 @@ impl NetPolicy {
         allowed.dedup();
         NetPolicy {
             allowed,
-            signer: None,
+            ..NetPolicy::default()
         }
     }
 
@@ -72,24 +75,23 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(300);
 const BETWEEN_BYTES_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// What the network did to a call that the plugin cannot tell the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum NetFault {
+    /// The plugin tried this `host:port`, which its policy does not allow.
+    Refused(String),
+    /// A server's certificate was not accepted.
+    Untrusted(TlsFailure),
+}
+
 /// The `wasi:http` hooks of one call.
 pub(super) struct NetHooks {
     pub policy: NetPolicy,
-    /// Authorities the plugin tried and was refused, for the error.
-    pub refused: Arc<Mutex<Vec<String>>>,
+    /// What went wrong underneath the plugin, first first, for the error.
+    pub faults: Arc<Mutex<Vec<NetFault>>>,
 }
 
-type SendFuture = Box<
-    dyn Future<
-            Output = Result<
-                (
-                    http::Response<WasiBody>,
-                    Box<dyn Future<Output = Result<(), Error>> + Send>,
-                ),
-                Error,
-            >,
-        > + Send,
->;
+type SendFuture = Box<dyn Future<Output = Result<send::Sent, Error>> + Send>;
 
 impl WasiHttpHooks for NetHooks {
     fn send_request(
@@ -105,10 +107,10 @@ impl WasiHttpHooks for NetHooks {
                 "refused a plugin request to {target}: allowed {:?}",
                 self.policy.allowed
             );
-            self.refused
+            self.faults
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push(target);
+                .push(NetFault::Refused(target));
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         let (mut parts, body) = request.into_parts();
@@ -118,17 +120,24 @@ impl WasiHttpHooks for NetHooks {
             return Box::new(async move { Err(Error::InternalError(Some(message))) });
         }
         let request = http::Request::from_parts(parts, body);
-        let options = Some(options.unwrap_or(RequestOptions {
+        let options = options.unwrap_or(RequestOptions {
             connect_timeout: Some(CONNECT_TIMEOUT),
             first_byte_timeout: Some(FIRST_BYTE_TIMEOUT),
             between_bytes_timeout: Some(BETWEEN_BYTES_TIMEOUT),
-        }));
+        });
+        let (verify, faults) = (!self.policy.skip_tls_verify, Arc::clone(&self.faults));
         Box::new(async move {
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = Result<(), Error>> + Send>,
-            ))
+            send::send(request, target, options, verify)
+                .await
+                .map_err(|(error, failure)| {
+                    if let Some(failure) = failure {
+                        faults
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(NetFault::Untrusted(failure));
+                    }
+                    error
+                })
         })
     }
 }

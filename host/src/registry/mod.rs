@@ -22,4 +22,4 @@ pub use proxy::ProxyConfig;
 pub use push::PushOptions;
 pub use reference::{Reference, ReferenceError};
 pub use stream::GrowingUpload;
-pub use tls::Direction;
+pub use tls::{Direction, environment_cas};

@@ -108,7 +108,7 @@ pub(super) struct TlsMaterial {
 /// (`SSL_CERT_DIR`, colon-separated), each certificate once. A bad or
 /// missing file is skipped with a warning rather than failing every build
 /// on a machine whose variables point somewhere stale.
-fn environment_cas(file: Option<&OsStr>, dirs: Option<&OsStr>) -> Vec<Certificate<'static>> {
+fn environment_cas_in(file: Option<&OsStr>, dirs: Option<&OsStr>) -> Vec<Certificate<'static>> {
     let mut files: Vec<PathBuf> = file
         .filter(|f| !f.is_empty())
         .map(PathBuf::from)
@@ -140,6 +140,18 @@ fn environment_cas(file: Option<&OsStr>, dirs: Option<&OsStr>) -> Vec<Certificat
         }
     }
     roots
+}
+
+/// The CAs of `SSL_CERT_FILE` and `SSL_CERT_DIR` as DER, read now, for
+/// TLS clients other than the registry's (plugins' `wasi:http`).
+pub fn environment_cas() -> Vec<Vec<u8>> {
+    environment_cas_in(
+        std::env::var_os("SSL_CERT_FILE").as_deref(),
+        std::env::var_os("SSL_CERT_DIR").as_deref(),
+    )
+    .iter()
+    .map(|c| c.der().to_vec())
+    .collect()
 }
 
 /// A PEM file that cannot be used: which, and why.
@@ -231,7 +243,7 @@ impl TlsMaterial {
         } else {
             self.environment.get_or_init(|| {
                 let (file, dirs) = &self.environment_vars;
-                environment_cas(file.as_deref(), dirs.as_deref())
+                environment_cas_in(file.as_deref(), dirs.as_deref())
             })
         };
         if !choice.extra_cas.is_empty() || !environment.is_empty() {
@@ -370,14 +382,14 @@ mod tests {
         std::fs::write(certs.join("README"), "not a certificate\n").unwrap();
         std::fs::write(other.join("dup.pem"), &pem1).unwrap();
         let dirs = std::env::join_paths([&certs, &other, &dir.path().join("missing")]).unwrap();
-        let got: Vec<Vec<u8>> = environment_cas(Some(bundle.as_os_str()), Some(&dirs))
+        let got: Vec<Vec<u8>> = environment_cas_in(Some(bundle.as_os_str()), Some(&dirs))
             .iter()
             .map(|c| c.der().to_vec())
             .collect();
         assert_eq!(got, vec![der0, der1, der2]);
-        assert!(environment_cas(None, None).is_empty());
+        assert!(environment_cas_in(None, None).is_empty());
         let missing = dir.path().join("nope.crt");
-        assert!(environment_cas(Some(missing.as_os_str()), Some(OsStr::new(""))).is_empty());
+        assert!(environment_cas_in(Some(missing.as_os_str()), Some(OsStr::new(""))).is_empty());
     }
 
     #[test]

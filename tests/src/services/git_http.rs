@@ -1,6 +1,7 @@
 //! Git over smart HTTP: `git http-backend` run as a CGI by a small threaded
 //! HTTP/1.1 server of our own, serving the bare repositories under a
-//! scratch `GIT_PROJECT_ROOT`, optionally behind HTTP basic auth.
+//! scratch `GIT_PROJECT_ROOT`, optionally behind HTTP basic auth or over
+//! TLS with a certificate from a private CA.
 
 use crate::command;
 use anyhow::{Context, Result, bail};
@@ -42,26 +43,73 @@ const SERVED_CONFIG: &[(&str, &str)] = &[
 pub struct GitServer {
     addr: SocketAddr,
     root: TempDir,
+    /// Over TLS: the directory holding the CA's certificate.
+    ca: Option<TempDir>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
+/// The CA's certificate file name in [`GitServer::ca_file`]'s directory.
+const CA_FILE: &str = "ca.pem";
+
 impl GitServer {
     /// Serves the repositories under a new scratch root to anyone.
     pub fn start() -> Result<GitServer> {
-        GitServer::start_inner(None)
+        GitServer::start_inner(None, None)
+    }
+
+    /// Serves over https, with a certificate for 127.0.0.1 signed by a CA
+    /// of its own (see [`GitServer::ca_file`]).
+    pub fn start_https() -> Result<GitServer> {
+        let ca_dir = tempfile::Builder::new().prefix("kiln-git-ca-").tempdir()?;
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "kiln tests git CA");
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        std::fs::write(ca_dir.path().join(CA_FILE), ca_cert.pem())?;
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate()?;
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])?
+            .signed_by(&key, &issuer)
+            .context("cannot sign the git server's certificate")?;
+        let key_der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
+            .map_err(|e| anyhow::anyhow!("the git server's key: {e}"))?;
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key_der)?;
+        let mut server = GitServer::start_inner(None, Some(Arc::new(config)))?;
+        server.ca = Some(ca_dir);
+        Ok(server)
+    }
+
+    /// Over https, the PEM file of the CA that signed the server's
+    /// certificate.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.ca.as_ref().map(|d| d.path().join(CA_FILE))
     }
 
     /// Serves only requests carrying HTTP basic auth `user`/`password`;
     /// others get 401 with a `WWW-Authenticate: Basic` challenge.
     pub fn start_with_basic_auth(user: &str, password: &str) -> Result<GitServer> {
-        GitServer::start_inner(Some(format!(
-            "Basic {}",
-            STANDARD.encode(format!("{user}:{password}"))
-        )))
+        GitServer::start_inner(
+            Some(format!(
+                "Basic {}",
+                STANDARD.encode(format!("{user}:{password}"))
+            )),
+            None,
+        )
     }
 
-    fn start_inner(authorization: Option<String>) -> Result<GitServer> {
+    fn start_inner(
+        authorization: Option<String>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<GitServer> {
         let root = tempfile::Builder::new()
             .prefix("kiln-git-root-")
             .tempdir()?;
@@ -77,16 +125,31 @@ impl GitServer {
                 }
                 let Ok(stream) = stream else { continue };
                 let (project_root, authorization) = (project_root.clone(), authorization.clone());
+                let tls = tls.clone();
                 // git may open a second connection while the first is open.
                 thread::spawn(move || {
-                    // A client that hangs up early only affects its own request.
-                    let _ = serve(stream, &project_root, authorization.as_deref());
+                    // A client that hangs up early (or refuses the
+                    // certificate) only affects its own request.
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                    let _ = match tls {
+                        Some(config) => rustls::ServerConnection::new(config)
+                            .map_err(anyhow::Error::from)
+                            .and_then(|conn| {
+                                serve(
+                                    rustls::StreamOwned::new(conn, stream),
+                                    &project_root,
+                                    authorization.as_deref(),
+                                )
+                            }),
+                        None => serve(stream, &project_root, authorization.as_deref()),
+                    };
                 });
             }
         });
         Ok(GitServer {
             addr,
             root,
+            ca: None,
             stop,
             thread: Some(thread),
         })
@@ -97,9 +160,10 @@ impl GitServer {
         self.addr.to_string()
     }
 
-    /// `http://127.0.0.1:PORT/<name>`, the clone URL of repository `name`.
+    /// `http(s)://127.0.0.1:PORT/<name>`, the clone URL of repository `name`.
     pub fn url(&self, name: &str) -> String {
-        format!("http://{}/{name}", self.addr)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}/{name}", self.addr)
     }
 
     /// `git://127.0.0.1:PORT/<name>`, the repository as a kiln context URL.
@@ -229,11 +293,10 @@ impl Request {
 }
 
 /// Answers the requests of one connection until the client closes it.
-fn serve(stream: TcpStream, root: &Path, authorization: Option<&str>) -> Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut writer = stream.try_clone()?;
+fn serve(stream: impl Read + Write, root: &Path, authorization: Option<&str>) -> Result<()> {
     let mut reader = BufReader::new(stream);
-    while let Some(request) = read_request(&mut reader, &mut writer)? {
+    while let Some(request) = read_request(&mut reader)? {
+        let writer = reader.get_mut();
         if let Some(expected) = authorization
             && request.header("authorization") != Some(expected)
         {
@@ -268,7 +331,7 @@ fn serve(stream: TcpStream, root: &Path, authorization: Option<&str>) -> Result<
 
 /// Reads one request, its body de-chunked; `None` when the client closed
 /// the connection.
-fn read_request(reader: &mut impl BufRead, writer: &mut impl Write) -> Result<Option<Request>> {
+fn read_request(reader: &mut BufReader<impl Read + Write>) -> Result<Option<Request>> {
     let mut line = String::new();
     if reader.read_line(&mut line)? == 0 {
         return Ok(None);
@@ -304,8 +367,10 @@ fn read_request(reader: &mut impl BufRead, writer: &mut impl Write) -> Result<Op
         .header("expect")
         .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
     {
-        writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
-        writer.flush()?;
+        reader
+            .get_mut()
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        reader.get_mut().flush()?;
     }
     if request
         .header("transfer-encoding")
