@@ -31,10 +31,14 @@ pub struct Caching {
     pub run_layers: bool,
     /// `--cache-copy-layers`.
     pub copy_layers: bool,
-    /// Digests of large context files, kept across builds.
+    /// Digests of context files, kept across builds.
     pub file_digests: FileDigests,
     /// Lookups started before their steps, by key.
     pub prefetched: Prefetched,
+    /// Digests of context sources this build worked out, by what was
+    /// asked: the lookahead and the step itself ask alike, and the context
+    /// does not change during a build, so its files are walked once.
+    pub context_digests: Mutex<HashMap<String, Digest>>,
 }
 
 /// The outcome of one cache lookup.
@@ -146,6 +150,40 @@ impl Caching {
     }
 }
 
+/// The digest of what `sources` copy from the build context to `dest`,
+/// worked out once per build.
+fn context_digest(
+    sctx: &StageCtx<'_>,
+    sources: &[String],
+    dest: &str,
+    parents: bool,
+    excludes: &[String],
+) -> Result<Digest, BuildError> {
+    let ctx = CopySource::Context(&sctx.context);
+    let Some(cache) = sctx.cache else {
+        return digest_sources(&ctx, sources, dest, parents, excludes, None).map_err(cache_err);
+    };
+    let asked = serde_json::json!([sources, dest, parents, excludes]).to_string();
+    let known = |c: &Caching| {
+        c.context_digests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&asked)
+            .cloned()
+    };
+    if let Some(digest) = known(cache) {
+        return Ok(digest);
+    }
+    let memo = Some(&cache.file_digests);
+    let digest = digest_sources(&ctx, sources, dest, parents, excludes, memo).map_err(cache_err)?;
+    cache
+        .context_digests
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(asked, digest.clone());
+    Ok(digest)
+}
+
 /// The key of the step whose effects are `effects`, on top of the stage's
 /// current key; `None` when its inputs cannot be known before it runs (an
 /// ADD of a URL without `--checksum`).
@@ -156,7 +194,6 @@ pub fn step_key(
     effects: &[wit::Effect],
 ) -> Result<Option<Digest>, BuildError> {
     let mut k = stage.key.clone();
-    let memo = sctx.cache.map(|c| &c.file_digests);
     for effect in effects.iter().filter(|e| is_fs(e)) {
         let next = match effect {
             wit::Effect::Run(run) => {
@@ -174,11 +211,7 @@ pub fn step_key(
                         }
                         (wit::MountKind::Bind, None) => {
                             let source = m.source.clone().unwrap_or_else(|| "/".into());
-                            let ctx = CopySource::Context(&sctx.context);
-                            Some(
-                                digest_sources(&ctx, &[source], "/", false, &[], memo)
-                                    .map_err(cache_err)?,
-                            )
+                            Some(context_digest(sctx, &[source], "/", false, &[])?)
                         }
                         _ => None,
                     };
@@ -201,14 +234,10 @@ pub fn step_key(
             }
             wit::Effect::Copy(c) => {
                 let (sources, from) = match c.from.as_deref() {
-                    None => {
-                        let ctx = CopySource::Context(&sctx.context);
-                        (
-                            digest_sources(&ctx, &c.sources, &c.dest, c.parents, &c.excludes, memo)
-                                .map_err(cache_err)?,
-                            None,
-                        )
-                    }
+                    None => (
+                        context_digest(sctx, &c.sources, &c.dest, c.parents, &c.excludes)?,
+                        None,
+                    ),
                     // Another stage or image is keyed by its own key; only
                     // the paths asked for add to it.
                     Some(from) => (
@@ -238,12 +267,10 @@ pub fn step_key(
                     (None, false) => return Ok(None),
                 };
                 let local: Vec<String> = a.sources.iter().filter(|s| !is_url(s)).cloned().collect();
-                let ctx = CopySource::Context(&sctx.context);
                 let sources = if local.is_empty() {
                     Digest::of(b"")
                 } else {
-                    digest_sources(&ctx, &local, &a.dest, false, &a.excludes, memo)
-                        .map_err(cache_err)?
+                    context_digest(sctx, &local, &a.dest, false, &a.excludes)?
                 };
                 // `--keep-git-dir` changes what a git source adds.
                 let url_keys: Vec<Digest> = urls

@@ -513,6 +513,7 @@ pub fn run(opts: &Options) -> Result<Outcome, BuildError> {
                 copy_layers: c.copy_layers,
                 file_digests: FileDigests::open(&opts.kiln_dir.join(FILE_DIGESTS)),
                 prefetched: Default::default(),
+                context_digests: Default::default(),
             })
         }
         None => None,

@@ -33,7 +33,7 @@ pub enum SourcesError {
 /// copies from `source`. Files from the context count as owned by root,
 /// which is what the copy gives them; files from a root filesystem keep
 /// their owners. `dest` is covered too, so the digest stands on its own.
-/// Large files' content digests come from, and go to, `memo`.
+/// Files' content digests come from, and go to, `memo`.
 pub fn digest_sources(
     source: &CopySource<'_>,
     sources: &[String],
@@ -220,10 +220,9 @@ mod tests {
     }
 
     #[test]
-    fn remembered_digests_of_large_files_stand_in_for_their_content() {
-        use super::super::file_digests::MIN_SIZE;
+    fn remembered_digests_stand_in_for_file_content() {
         let f = Fixture::new(&[("small.txt", "s")]);
-        fs::write(f.path("big.bin"), vec![7u8; MIN_SIZE as usize]).unwrap();
+        fs::write(f.path("big.bin"), vec![7u8; 1 << 20]).unwrap();
         let tree = ContextTree::new(f.dir.path().to_owned(), None).unwrap();
         let src = CopySource::Context(&tree);
         let memo = FileDigests::open(&f.dir.path().join("memo"));
