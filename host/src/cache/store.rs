@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// reading one only matters if someone else's index sits under a key's tag.
 const PROBE_PLATFORM: &str = "linux/amd64";
 /// Cache pushes run this many at a time, beside the build.
-const PUSH_THREADS: usize = 2;
+const PUSH_THREADS: usize = 4;
 /// Steps waiting for a pusher; beyond this the build waits, so finished
 /// layers cannot pile up without bound.
 const PUSH_QUEUE: usize = 16;
