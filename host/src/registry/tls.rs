@@ -11,6 +11,7 @@ use super::reference::DOCKER_HUB;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
@@ -120,17 +121,20 @@ fn environment_cas_in(file: Option<&OsStr>, dirs: Option<&OsStr>) -> Vec<Certifi
         }
         match std::fs::read_dir(&dir) {
             Ok(entries) => {
-                let mut found: Vec<PathBuf> = entries
-                    .flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.is_file())
-                    .collect();
+                let mut found: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
                 found.sort();
                 files.extend(found);
             }
             Err(e) => log::warn!("SSL_CERT_DIR: cannot list {}: {e}", dir.display()),
         }
     }
+    // A CA directory is mostly links (c_rehash's hash names and Debian's
+    // `.pem` names) to the same files, and often holds the bundle that
+    // SSL_CERT_FILE names: each file is read once.
+    let mut read = HashSet::new();
+    files.retain(|p| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && read.insert((m.dev(), m.ino())))
+    });
     let mut seen = HashSet::new();
     let mut roots = Vec::new();
     for path in files {
