@@ -99,12 +99,13 @@ fn clean_subdir(p: &str) -> String {
     parts.join("/")
 }
 
-/// Go's `strconv.ParseBool`, as BuildKit reads URL booleans; an empty value is true.
-fn parse_bool(value: &str) -> Option<bool> {
-    match value {
-        "" | "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
-        _ => None,
+/// A URL query boolean as BuildKit reads it: Go's `strconv.ParseBool`, and
+/// an empty value is true.
+fn query_bool(value: &str) -> Option<bool> {
+    if value.is_empty() {
+        Some(true)
+    } else {
+        super::remote::parse_bool(value)
     }
 }
 
@@ -192,7 +193,7 @@ impl GitSource {
                 return Err(format!("query {key:?} has multiple values"));
             }
             seen.push(key);
-            let flag = |v: &str| parse_bool(v).ok_or_else(|| format!("invalid {key} value: {v:?}"));
+            let flag = |v: &str| query_bool(v).ok_or_else(|| format!("invalid {key} value: {v:?}"));
             if value.is_empty() && !matches!(key, "keep-git-dir" | "submodules") {
                 return Err(format!("query {key:?} has no value"));
             }

@@ -322,8 +322,8 @@ pub(super) fn redact_userinfo(url: &str) -> String {
     }
 }
 
-/// A boolean as Go's `strconv.ParseBool` (which kaniko uses) reads it.
-fn parse_bool(value: &str) -> Option<bool> {
+/// A boolean as Go's `strconv.ParseBool` (which kaniko and BuildKit use) reads it.
+pub(super) fn parse_bool(value: &str) -> Option<bool> {
     match value {
         "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
         "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
